@@ -1,0 +1,1 @@
+"""The seed's "Custom configuration" example; the plugin class is in `configurable.core`."""

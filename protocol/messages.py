@@ -1,0 +1,299 @@
+"""Typed messages and their wire shapes.
+
+Every message is a msgpack array whose first item is a short tag. Arrays (not
+maps) keep frames small and decoding cheap on the hot path (call/result).
+
+| tag        | direction           | wire shape                                   | meaning |
+|------------|---------------------|----------------------------------------------|---------|
+| `hello`    | worker -> supervisor | `["hello", version, pid]`                    | first frame a worker sends, before any plugin code is imported |
+| `ready`    | worker -> supervisor | `["ready", [entry, ...]]`                    | plugin loaded and its startup hooks ran; the entries it exposes |
+| `fatal`    | worker -> supervisor | `["fatal", error]`                           | the plugin could not be loaded or started; the worker exits next |
+| `call`     | supervisor -> worker | `["call", call_id, entry_id, args]`          | run one entry with keyword arguments `args` (a map) |
+| `result`   | worker -> supervisor | `["result", call_id, true, value]`           | the entry returned `value` |
+|            |                     | `["result", call_id, false, error]`          | the call failed (see error kinds) |
+| `cancel`   | supervisor -> worker | `["cancel", call_id]`                        | the caller gave up; stop the call if possible (a result still follows) |
+| `log`      | worker -> supervisor | `["log", level, logger_name, text]`          | one log record from the plugin (level as in `logging`) |
+| `ping`     | either              | `["ping", nonce]`                            | liveness probe; the peer answers `pong` with the same nonce |
+| `pong`     | either              | `["pong", nonce]`                            | answer to `ping` |
+| `shutdown` | supervisor -> worker | `["shutdown"]`                               | run shutdown hooks, finish, exit 0 |
+
+An *entry* is a map `{"id", "name", "description", "input_schema", "timeout", "is_async"}`.
+An *error* is a map `{"kind", "type", "message", "traceback"}` where `kind` is one of
+`ERROR_KINDS`: `entry_not_found`, `invalid_arguments`, `failed` (the entry raised or
+returned `Err`), `unserializable` (the result cannot be encoded), `cancelled`, `start_failed`.
+
+The handshake: the worker writes `hello` at once; the supervisor checks the
+version (`PROTOCOL_VERSION`, a mismatch is a `ProtocolError` naming both) and
+then waits for `ready` or `fatal`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+
+ERROR_KINDS = frozenset(
+    {"entry_not_found", "invalid_arguments", "failed", "unserializable", "cancelled", "start_failed"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    id: str
+    name: str = ""
+    description: str = ""
+    input_schema: Any = None
+    timeout: float | None = None
+    is_async: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "description": self.description,
+            "input_schema": self.input_schema,
+            "timeout": self.timeout,
+            "is_async": self.is_async,
+        }
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> EntryInfo:
+        if not isinstance(obj, Mapping):
+            raise ProtocolError(f"entry must be a map, got {type(obj).__name__}")
+        timeout = obj.get("timeout")
+        entry = cls(
+            id=_expect(obj.get("id"), str, "entry.id"),
+            name=_expect(obj.get("name", ""), str, "entry.name"),
+            description=_expect(obj.get("description", ""), str, "entry.description"),
+            input_schema=obj.get("input_schema"),
+            timeout=None if timeout is None else float(_expect(timeout, (int, float), "entry.timeout")),
+            is_async=_expect(obj.get("is_async", False), bool, "entry.is_async"),
+        )
+        return entry
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorInfo:
+    kind: str
+    type: str
+    message: str
+    traceback: str = ""
+
+    def to_wire(self) -> dict[str, str]:
+        return {"kind": self.kind, "type": self.type, "message": self.message, "traceback": self.traceback}
+
+    @classmethod
+    def from_wire(cls, obj: Any) -> ErrorInfo:
+        if not isinstance(obj, Mapping):
+            raise ProtocolError(f"error must be a map, got {type(obj).__name__}")
+        kind = _expect(obj.get("kind"), str, "error.kind")
+        if kind not in ERROR_KINDS:
+            raise ProtocolError(f"unknown error kind {kind!r}")
+        return cls(
+            kind=kind,
+            type=_expect(obj.get("type", ""), str, "error.type"),
+            message=_expect(obj.get("message", ""), str, "error.message"),
+            traceback=_expect(obj.get("traceback", ""), str, "error.traceback"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    version: int
+    pid: int
+
+    def to_wire(self) -> list[Any]:
+        return ["hello", self.version, self.pid]
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    entries: tuple[EntryInfo, ...] = field(default_factory=tuple)
+
+    def to_wire(self) -> list[Any]:
+        return ["ready", [entry.to_wire() for entry in self.entries]]
+
+
+@dataclass(frozen=True, slots=True)
+class Fatal:
+    error: ErrorInfo
+
+    def to_wire(self) -> list[Any]:
+        return ["fatal", self.error.to_wire()]
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    call_id: int
+    entry_id: str
+    args: dict[str, Any]
+
+    def to_wire(self) -> list[Any]:
+        return ["call", self.call_id, self.entry_id, self.args]
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    call_id: int
+    ok: bool
+    value: Any = None
+    error: ErrorInfo | None = None
+
+    def to_wire(self) -> list[Any]:
+        if self.ok:
+            return ["result", self.call_id, True, self.value]
+        assert self.error is not None
+        return ["result", self.call_id, False, self.error.to_wire()]
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    call_id: int
+
+    def to_wire(self) -> list[Any]:
+        return ["cancel", self.call_id]
+
+
+@dataclass(frozen=True, slots=True)
+class Log:
+    level: int
+    logger: str
+    text: str
+
+    def to_wire(self) -> list[Any]:
+        return ["log", self.level, self.logger, self.text]
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    nonce: int
+
+    def to_wire(self) -> list[Any]:
+        return ["ping", self.nonce]
+
+
+@dataclass(frozen=True, slots=True)
+class Pong:
+    nonce: int
+
+    def to_wire(self) -> list[Any]:
+        return ["pong", self.nonce]
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    def to_wire(self) -> list[Any]:
+        return ["shutdown"]
+
+
+Message = Hello | Ready | Fatal | Call | Result | Cancel | Log | Ping | Pong | Shutdown
+
+
+def _expect(value: Any, types: type | tuple[type, ...], what: str) -> Any:
+    # bool is an int subclass; a call id or version of True is still malformed.
+    if not isinstance(value, types) or (isinstance(value, bool) and bool not in _as_tuple(types)):
+        raise ProtocolError(f"{what} has the wrong type: {type(value).__name__}")
+    return value
+
+
+def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
+    return types if isinstance(types, tuple) else (types,)
+
+
+def _arity(obj: list[Any], n: int) -> None:
+    if len(obj) != n:
+        raise ProtocolError(f"{obj[0]!r} message needs {n} items, got {len(obj)}")
+
+
+def _decode_hello(obj: list[Any]) -> Hello:
+    _arity(obj, 3)
+    return Hello(_expect(obj[1], int, "hello.version"), _expect(obj[2], int, "hello.pid"))
+
+
+def _decode_ready(obj: list[Any]) -> Ready:
+    _arity(obj, 2)
+    entries = _expect(obj[1], list, "ready.entries")
+    return Ready(tuple(EntryInfo.from_wire(entry) for entry in entries))
+
+
+def _decode_fatal(obj: list[Any]) -> Fatal:
+    _arity(obj, 2)
+    return Fatal(ErrorInfo.from_wire(obj[1]))
+
+
+def _decode_call(obj: list[Any]) -> Call:
+    _arity(obj, 4)
+    args = _expect(obj[3], dict, "call.args")
+    if not all(isinstance(key, str) for key in args):
+        raise ProtocolError("call.args keys must all be strings")
+    return Call(_expect(obj[1], int, "call.call_id"), _expect(obj[2], str, "call.entry_id"), args)
+
+
+def _decode_result(obj: list[Any]) -> Result:
+    _arity(obj, 4)
+    call_id = _expect(obj[1], int, "result.call_id")
+    if _expect(obj[2], bool, "result.ok"):
+        return Result(call_id, True, obj[3])
+    return Result(call_id, False, None, ErrorInfo.from_wire(obj[3]))
+
+
+def _decode_cancel(obj: list[Any]) -> Cancel:
+    _arity(obj, 2)
+    return Cancel(_expect(obj[1], int, "cancel.call_id"))
+
+
+def _decode_log(obj: list[Any]) -> Log:
+    _arity(obj, 4)
+    return Log(_expect(obj[1], int, "log.level"), _expect(obj[2], str, "log.logger"), _expect(obj[3], str, "log.text"))
+
+
+def _decode_ping(obj: list[Any]) -> Ping:
+    _arity(obj, 2)
+    return Ping(_expect(obj[1], int, "ping.nonce"))
+
+
+def _decode_pong(obj: list[Any]) -> Pong:
+    _arity(obj, 2)
+    return Pong(_expect(obj[1], int, "pong.nonce"))
+
+
+def _decode_shutdown(obj: list[Any]) -> Shutdown:
+    _arity(obj, 1)
+    return Shutdown()
+
+
+_DECODERS = {
+    "hello": _decode_hello,
+    "ready": _decode_ready,
+    "fatal": _decode_fatal,
+    "call": _decode_call,
+    "result": _decode_result,
+    "cancel": _decode_cancel,
+    "log": _decode_log,
+    "ping": _decode_ping,
+    "pong": _decode_pong,
+    "shutdown": _decode_shutdown,
+}
+
+
+def decode_message(obj: Any) -> Message:
+    """Turn a decoded msgpack object into a typed message, or raise `ProtocolError`."""
+    if not isinstance(obj, list) or not obj:
+        raise ProtocolError(f"a message must be a non-empty array, got {type(obj).__name__}")
+    tag = obj[0]
+    decoder = _DECODERS.get(tag) if isinstance(tag, str) else None
+    if decoder is None:
+        raise ProtocolError(f"unknown message tag {tag!r}")
+    return decoder(obj)
+
+
+def check_version(hello: Hello) -> None:
+    if hello.version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            f"protocol version mismatch: worker speaks {hello.version}, supervisor speaks {PROTOCOL_VERSION}"
+        )

@@ -1,0 +1,47 @@
+"""neko-supervisor: run N.E.K.O plugins in isolated worker processes.
+
+    from supervisor import Supervisor, CallTimeout, WorkerCrashed
+    async with Supervisor("plugins") as sup:
+        value = await sup.call("persistent", "save", {"key": "a", "value": "b"}, timeout=5.0)
+"""
+
+from supervisor.errors import (
+    CallTimeout,
+    EntryFailed,
+    EntryNotFound,
+    ExitInfo,
+    InvalidArguments,
+    ManifestError,
+    PluginError,
+    PluginNotFound,
+    PluginOverloaded,
+    PluginUnavailable,
+    ProtocolError,
+    ResultNotSerializable,
+    WorkerCrashed,
+)
+from supervisor.lifecycle import PluginState
+from supervisor.manifest import Manifest, RuntimeOptions
+from supervisor.slot import PluginStatus
+from supervisor.supervisor import Supervisor
+
+__all__ = [
+    "CallTimeout",
+    "EntryFailed",
+    "EntryNotFound",
+    "ExitInfo",
+    "InvalidArguments",
+    "Manifest",
+    "ManifestError",
+    "PluginError",
+    "PluginNotFound",
+    "PluginOverloaded",
+    "PluginState",
+    "PluginStatus",
+    "PluginUnavailable",
+    "ProtocolError",
+    "ResultNotSerializable",
+    "RuntimeOptions",
+    "Supervisor",
+    "WorkerCrashed",
+]

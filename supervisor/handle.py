@@ -1,0 +1,420 @@
+"""One worker process: spawn, handshake, call, cancel, stop, kill. Mechanism, no policy.
+
+A handle's life is a straight line (see `lifecycle.WorkerState`); once DEAD it
+stays dead, and the slot makes a new handle for the next worker.
+
+Death is detected through a pidfd (a thread waiting on the pid where the
+kernel has none). When the worker dies, every call in flight on it fails at
+once: `WorkerCrashed` if it broke under us, `PluginUnavailable` if we were
+stopping it, `ProtocolError` if it broke the protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import protocol
+from protocol import Call, Cancel, EntryInfo, ErrorInfo, Fatal, Hello, Log, Message, Ping, Pong, Ready, Result, Shutdown
+from protocol.streams import MessageProtocol
+from supervisor import process
+from supervisor.errors import (
+    EntryFailed,
+    EntryNotFound,
+    ExitInfo,
+    InvalidArguments,
+    PluginError,
+    PluginUnavailable,
+    ProtocolError,
+    ResultNotSerializable,
+    WorkerCrashed,
+)
+from supervisor.lifecycle import WORKER_MOVES, WorkerState, check_move
+from supervisor.logs import PluginLog
+from supervisor.manifest import Manifest
+
+SIGTERM_GRACE = 2.0      # after SIGTERM, this long before SIGKILL
+PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
+
+
+class StartFailed(Exception):
+    """The worker did not complete its handshake. Internal: the slot turns it into state."""
+
+    def __init__(self, message: str, traceback: str = "", exit: ExitInfo | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.traceback = traceback
+        self.exit = exit
+
+
+@dataclass(slots=True)
+class _Pending:
+    entry_id: str
+    future: asyncio.Future[Any]
+
+
+def error_from_wire(plugin_id: str, entry_id: str, error: ErrorInfo) -> PluginError:
+    if error.kind == "entry_not_found":
+        return EntryNotFound(plugin_id, entry_id)
+    if error.kind == "invalid_arguments":
+        return InvalidArguments(f"plugin {plugin_id!r} entry {entry_id!r}: {error.message}")
+    if error.kind == "unserializable":
+        return ResultNotSerializable(error.type, error.message, error.traceback, plugin_id=plugin_id, entry_id=entry_id)
+    if error.kind == "cancelled":
+        return PluginUnavailable(plugin_id, f"call {entry_id!r} was cancelled: {error.message}")
+    return EntryFailed(error.type, error.message, error.traceback, plugin_id=plugin_id, entry_id=entry_id)
+
+
+class WorkerHandle:
+    def __init__(
+        self,
+        manifest: Manifest,
+        log: PluginLog,
+        *,
+        env: dict[str, str],
+        max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.manifest = manifest
+        self.plugin_id = manifest.id
+        self.log = log
+        self.env = env
+        self.max_frame_size = max_frame_size
+        self.state = WorkerState.STARTING
+        self.entries: dict[str, EntryInfo] = {}
+        self.exit: ExitInfo | None = None
+        self.started_at: float | None = None  # loop time of the handshake
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._pidfd: int | None = None
+        self._loop = asyncio.get_running_loop()
+        self._stdin: asyncio.WriteTransport | None = None
+        self._transports: list[asyncio.BaseTransport] = []
+        self._hello = False
+        self._handshake: asyncio.Future[None] = self._loop.create_future()
+        self._dead: asyncio.Future[ExitInfo] = self._loop.create_future()
+        self._pending: dict[int, _Pending] = {}
+        self._abandoned: dict[int, asyncio.TimerHandle | None] = {}
+        self._next_id = 0
+        self._pings: dict[int, asyncio.Future[None]] = {}
+        self._death_reason = ""
+        self._death_error: PluginError | None = None  # what in-flight calls get instead of WorkerCrashed
+        self._exited = False
+        self._open_pipes = 0
+        self._drained = asyncio.Event()
+
+    # -- properties ---------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self.state is not WorkerState.DEAD
+
+    def _move(self, new: WorkerState) -> None:
+        self.state = check_move(WORKER_MOVES, self.state, new)
+
+    # -- start --------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn and complete the handshake within the manifest's `timeout`, or raise StartFailed.
+
+        On any failure (cancellation included) the process is killed and reaped
+        before this returns.
+        """
+        try:
+            self._proc = process.spawn(self.manifest.folder, self.max_frame_size, self.env)
+        except OSError as exc:
+            self._move(WorkerState.DEAD)
+            self._dead.set_result(ExitInfo(0, None, f"spawn failed: {exc}"))
+            raise StartFailed(f"cannot spawn the worker: {exc}") from exc
+        self.log.new_worker(self._proc.pid)
+        try:
+            await self._connect()
+            async with asyncio.timeout(self.manifest.runtime.timeout):
+                await asyncio.shield(self._handshake)
+        except TimeoutError:
+            await self._abort(f"no handshake within {self.manifest.runtime.timeout:g} s")
+            raise StartFailed(f"the worker did not become ready within {self.manifest.runtime.timeout:g} s (plugin_runtime.timeout)", exit=self.exit) from None
+        except StartFailed as exc:
+            await self._abort(exc.message)
+            exc.exit = self.exit
+            raise
+        except BaseException:
+            await self._abort("start interrupted")
+            raise
+        self.started_at = self._loop.time()
+        self._move(WorkerState.READY)
+
+    async def _connect(self) -> None:
+        assert self._proc is not None and self._proc.stdin and self._proc.stdout and self._proc.stderr
+        loop = self._loop
+        self._pidfd = process.open_pidfd(self._proc.pid)
+        if self._pidfd is not None:
+            loop.add_reader(self._pidfd, self._on_exit)
+        else:
+            threading.Thread(target=self._wait_in_thread, name=f"wait-{self._proc.pid}", daemon=True).start()
+        self._open_pipes = 2
+        stdout, _ = await loop.connect_read_pipe(
+            lambda: MessageProtocol(self._on_message, self._on_stdout_closed, self.max_frame_size), self._proc.stdout
+        )
+        stderr, _ = await loop.connect_read_pipe(lambda: _StderrProtocol(self), self._proc.stderr)
+        stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self._proc.stdin)
+        self._stdin = stdin  # type: ignore[assignment]
+        self._transports += [stdout, stderr, stdin]
+
+    async def _abort(self, reason: str) -> None:
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._kill_and_wait(reason))
+
+    # -- calls --------------------------------------------------------------
+    def send_call(self, entry_id: str, args: Mapping[str, Any]) -> tuple[int, asyncio.Future[Any]]:
+        """Send one call; the future resolves to the entry's value or a PluginError."""
+        if self.state is not WorkerState.READY:
+            raise PluginUnavailable(self.plugin_id, f"worker is {self.state.value}")
+        self._next_id += 1
+        call_id = self._next_id
+        try:
+            data = protocol.encode_message(Call(call_id, entry_id, dict(args)), self.max_frame_size)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise InvalidArguments(f"arguments for {self.plugin_id}.{entry_id} cannot be encoded: {exc}") from exc
+        except protocol.ProtocolError as exc:
+            raise InvalidArguments(f"arguments for {self.plugin_id}.{entry_id} are too large: {exc}") from exc
+        future: asyncio.Future[Any] = self._loop.create_future()
+        self._pending[call_id] = _Pending(entry_id, future)
+        assert self._stdin is not None
+        self._stdin.write(data)
+        return call_id, future
+
+    def abandon(self, call_id: int, grace: float) -> None:
+        """The caller gave up (timeout or cancellation): ask the worker to cancel,
+        and kill it if the call has not ended within `grace` seconds."""
+        if self._pending.pop(call_id, None) is None or not self.alive:
+            return
+        self._send(Cancel(call_id))
+        self._abandoned[call_id] = self._loop.call_later(
+            grace, self._kill_for_hang, call_id, grace
+        )
+
+    def _kill_for_hang(self, call_id: int, grace: float) -> None:
+        self._abandoned.pop(call_id, None)
+        if self.alive:
+            self.kill(f"a call did not stop within {grace:g} s of its timeout")
+
+    async def ping(self, timeout: float) -> None:
+        nonce = len(self._pings) + 1
+        while nonce in self._pings:
+            nonce += 1
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._pings[nonce] = waiter
+        try:
+            self._send(Ping(nonce))
+            async with asyncio.timeout(timeout):
+                await waiter
+        finally:
+            self._pings.pop(nonce, None)
+
+    # -- stop / kill --------------------------------------------------------
+    async def stop(self, shutdown_timeout: float) -> ExitInfo:
+        """Graceful: shutdown message, then SIGTERM after `shutdown_timeout`, then
+        SIGKILL 2 s later, to the whole tree. Returns how the worker ended."""
+        if self.state is WorkerState.DEAD:
+            return await self.wait_dead()
+        if self.state is WorkerState.STARTING:
+            return await self._kill_and_wait("stopped while starting")
+        self._move(WorkerState.STOPPING)
+        self._death_reason = "stopped"
+        self._send(Shutdown())
+        if await self._wait_dead_for(shutdown_timeout):
+            return await self.wait_dead()
+        self.log.event(f"worker {self.pid} did not exit within {shutdown_timeout:g} s of shutdown; sending SIGTERM")
+        self._signal(signal.SIGTERM)
+        if await self._wait_dead_for(SIGTERM_GRACE):
+            return await self.wait_dead()
+        self.log.event(f"worker {self.pid} ignored SIGTERM for {SIGTERM_GRACE:g} s; sending SIGKILL")
+        return await self._kill_and_wait("stopped (killed after SIGTERM)")
+
+    def kill(self, reason: str) -> None:
+        """SIGKILL the worker and all its descendants now."""
+        if self._exited or self._proc is None:
+            return
+        self._death_reason = self._death_reason or reason
+        self.log.event(f"killing worker {self.pid}: {reason}")
+        self._signal(signal.SIGKILL)
+
+    async def _kill_and_wait(self, reason: str) -> ExitInfo:
+        self.kill(reason)
+        return await self.wait_dead()
+
+    async def wait_dead(self) -> ExitInfo:
+        return await asyncio.shield(self._dead)
+
+    async def _wait_dead_for(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await asyncio.shield(self._dead)
+        except TimeoutError:
+            return False
+        return True
+
+    def _signal(self, sig: int) -> None:
+        if self._proc is None or self._exited:
+            return
+        process.signal_tree(self._proc.pid, self._pidfd, sig)
+
+    def _send(self, message: Message) -> None:
+        if self._stdin is not None and not self._stdin.is_closing():
+            self._stdin.write(protocol.encode_message(message, self.max_frame_size))
+
+    # -- incoming -----------------------------------------------------------
+    def _on_message(self, message: Message) -> None:
+        if isinstance(message, Result):
+            self._on_result(message)
+        elif isinstance(message, Log):
+            self.log.record(message.level, message.logger, message.text)
+        elif isinstance(message, Pong):
+            waiter = self._pings.get(message.nonce)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+        elif isinstance(message, Ping):
+            self._send(Pong(message.nonce))
+        elif isinstance(message, Hello) and not self._hello:
+            self._hello = True
+            try:
+                protocol.check_version(message)
+            except protocol.ProtocolError as exc:
+                self._violation(str(exc))
+        elif isinstance(message, Ready) and self._hello and not self._handshake.done():
+            self.entries = {entry.id: entry for entry in message.entries}
+            self._handshake.set_result(None)
+        elif isinstance(message, Fatal) and not self._handshake.done():
+            self._handshake.set_exception(
+                StartFailed(f"{message.error.type}: {message.error.message}", message.error.traceback)
+            )
+        else:
+            self._violation(f"unexpected {type(message).__name__.lower()} message")
+
+    def _on_result(self, result: Result) -> None:
+        pending = self._pending.pop(result.call_id, None)
+        if pending is None:
+            if result.call_id in self._abandoned:
+                timer = self._abandoned.pop(result.call_id)
+                if timer is not None:
+                    timer.cancel()
+                return  # a late answer for a caller that gave up: the call ended, drop it
+            self._violation(f"result for unknown call id {result.call_id}")
+            return
+        if pending.future.done():
+            return
+        if result.ok:
+            pending.future.set_result(result.value)
+        else:
+            assert result.error is not None
+            pending.future.set_exception(error_from_wire(self.plugin_id, pending.entry_id, result.error))
+
+    def _violation(self, detail: str) -> None:
+        if self._death_error is None:
+            self._death_error = ProtocolError(f"plugin {self.plugin_id!r} broke the protocol: {detail}")
+        if not self._handshake.done():
+            self._handshake.set_exception(StartFailed(f"protocol error during handshake: {detail}"))
+        self.kill(f"protocol error: {detail}")
+
+    def _on_stdout_closed(self, error: BaseException | None) -> None:
+        if error is not None:
+            self._violation(str(error))
+        self._pipe_closed()
+
+    def _pipe_closed(self) -> None:
+        self._open_pipes -= 1
+        if self._open_pipes <= 0:
+            self._drained.set()
+
+    # -- death --------------------------------------------------------------
+    def _wait_in_thread(self) -> None:
+        assert self._proc is not None
+        with contextlib.suppress(Exception):
+            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
+        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
+            self._loop.call_soon_threadsafe(self._on_exit)
+
+    def _on_exit(self) -> None:
+        if self._exited:
+            return
+        self._exited = True
+        assert self._proc is not None
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+        # The worker is a zombie until reaped, so its process group id is still
+        # ours: clear out whatever it left behind, then reap it.
+        process.signal_tree(self._proc.pid, None, signal.SIGKILL)
+        returncode = self._proc.wait()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        self._loop.create_task(self._finish(returncode))
+
+    async def _finish(self, returncode: int) -> None:
+        # Frames and stderr written just before death may still be in the pipes.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(PIPE_DRAIN_TIMEOUT):
+                await self._drained.wait()
+        assert self._proc is not None
+        reason = self._death_reason or ("exited" if returncode == 0 else "crashed")
+        self.exit = ExitInfo(self._proc.pid, returncode, reason)
+        was_stopping = self.state is WorkerState.STOPPING
+        if self.state is not WorkerState.DEAD:
+            self._move(WorkerState.DEAD)
+        self.log.end_stderr()
+        self.log.event(self.exit.describe())
+        for transport in self._transports:
+            transport.close()
+        for call_id, pending in list(self._pending.items()):
+            if not pending.future.done():
+                pending.future.set_exception(self._death_error_for(was_stopping))
+            del self._pending[call_id]
+        for timer in self._abandoned.values():
+            if timer is not None:
+                timer.cancel()
+        self._abandoned.clear()
+        for waiter in self._pings.values():
+            if not waiter.done():
+                waiter.set_exception(self._death_error_for(was_stopping))
+        if not self._handshake.done():
+            self._handshake.set_exception(StartFailed(f"the worker died during start-up: {self.exit.describe()}", exit=self.exit))
+        # Nobody may be awaiting the handshake (a crash right after it): mark it read.
+        if self._handshake.done() and not self._handshake.cancelled():
+            self._handshake.exception()
+        for waiter in self._pings.values():
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()
+        self._dead.set_result(self.exit)
+
+    def _death_error_for(self, was_stopping: bool) -> PluginError:
+        if self._death_error is not None:
+            return self._death_error
+        if was_stopping:
+            return PluginUnavailable(self.plugin_id, "the plugin was stopped while the call was in flight")
+        return WorkerCrashed(self.plugin_id, self.exit, self.log.stderr_tail())
+
+
+class _StderrProtocol(asyncio.Protocol):
+    def __init__(self, handle: WorkerHandle) -> None:
+        self.handle = handle
+
+    def data_received(self, data: bytes) -> None:
+        self.handle.log.feed_stderr(data)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.handle._pipe_closed()

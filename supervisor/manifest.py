@@ -1,0 +1,210 @@
+"""plugin.toml -> `Manifest`, with errors that name the file and the key.
+
+    [plugin]                      # N.E.K.O keys
+    id = "persistent"             # letters, digits, _ and - (default: the folder name)
+    name = "Persistent"           # default: the id
+    version = "0.1.0"
+    description = "..."
+    entry = "persistent:PersistentPlugin"   # optional; see worker/loader.py
+
+    [plugin_runtime]              # N.E.K.O keys, then ours; defaults below
+    enabled = true
+    auto_start = true
+    timeout = 10                  # seconds from spawn to handshake (N.E.K.O's meaning)
+    call_timeout = 30
+    shutdown_timeout = 5
+    max_concurrency = 32          # calls in flight on the worker
+    max_queue = 1024              # calls waiting behind them; past it PluginOverloaded
+    restart = "on-failure"        # "always" | "on-failure" | "never"
+    max_restarts = 5              # more crashes than this within restart_window -> failed
+    restart_window = 60
+    memory_limit_mb = 0           # 0 or absent: no limit
+
+Unknown keys are kept out of the way (N.E.K.O manifests carry more tables, such
+as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import ManifestError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+MANIFEST_NAME = "plugin.toml"
+ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+RESTART_POLICIES = ("always", "on-failure", "never")
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeOptions:
+    enabled: bool = True
+    auto_start: bool = True
+    timeout: float = 10.0
+    call_timeout: float = 30.0
+    shutdown_timeout: float = 5.0
+    max_concurrency: int = 32
+    max_queue: int = 1024
+    restart: str = "on-failure"
+    max_restarts: int = 5
+    restart_window: float = 60.0
+    memory_limit_mb: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    id: str
+    name: str
+    version: str
+    description: str
+    entry: str | None
+    path: Path            # the plugin.toml
+    runtime: RuntimeOptions
+
+    @property
+    def folder(self) -> Path:
+        return self.path.parent
+
+
+def _check(path: Path, table: dict[str, Any], prefix: str, key: str, kinds: tuple[type, ...], default: Any) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    # TOML booleans are Python bools, which are ints too: keep them apart.
+    if isinstance(value, bool) and bool not in kinds:
+        value_ok = False
+    else:
+        value_ok = isinstance(value, kinds)
+    if not value_ok:
+        wanted = " or ".join(k.__name__ for k in kinds)
+        raise ManifestError(str(path), f"{prefix}.{key}", f"must be {wanted}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _positive(path: Path, key: str, value: float, *, allow_zero: bool = False) -> float:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ManifestError(str(path), key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+    return value
+
+
+def parse_manifest(path: Path, text: str) -> Manifest:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(str(path), None, f"invalid TOML: {exc}") from exc
+
+    plugin = data.get("plugin")
+    if not isinstance(plugin, dict):
+        raise ManifestError(str(path), "plugin", "missing [plugin] table")
+    plugin_id = _check(path, plugin, "plugin", "id", (str,), path.parent.name)
+    if not ID_PATTERN.match(plugin_id):
+        raise ManifestError(str(path), "plugin.id", f"must use only letters, digits, '_' and '-', got {plugin_id!r}")
+    entry = _check(path, plugin, "plugin", "entry", (str,), None)
+    if entry is not None and (":" not in entry or not all(entry.partition(":")[::2])):
+        raise ManifestError(str(path), "plugin.entry", f"must look like 'module:Class', got {entry!r}")
+
+    runtime_table = data.get("plugin_runtime", {})
+    if not isinstance(runtime_table, dict):
+        raise ManifestError(str(path), "plugin_runtime", "must be a table")
+    number = (int, float)
+
+    def get(key: str, kinds: tuple[type, ...], default: Any) -> Any:
+        return _check(path, runtime_table, "plugin_runtime", key, kinds, default)
+
+    defaults = RuntimeOptions()
+    restart = get("restart", (str,), defaults.restart)
+    if restart not in RESTART_POLICIES:
+        raise ManifestError(
+            str(path), "plugin_runtime.restart", f"must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {restart!r}"
+        )
+    memory = get("memory_limit_mb", number, None)
+    runtime = RuntimeOptions(
+        enabled=get("enabled", (bool,), defaults.enabled),
+        auto_start=get("auto_start", (bool,), defaults.auto_start),
+        timeout=float(_positive(path, "plugin_runtime.timeout", get("timeout", number, defaults.timeout))),
+        call_timeout=float(_positive(path, "plugin_runtime.call_timeout", get("call_timeout", number, defaults.call_timeout))),
+        shutdown_timeout=float(
+            _positive(path, "plugin_runtime.shutdown_timeout", get("shutdown_timeout", number, defaults.shutdown_timeout), allow_zero=True)
+        ),
+        max_concurrency=int(_positive(path, "plugin_runtime.max_concurrency", get("max_concurrency", (int,), defaults.max_concurrency))),
+        max_queue=int(_positive(path, "plugin_runtime.max_queue", get("max_queue", (int,), defaults.max_queue), allow_zero=True)),
+        restart=restart,
+        max_restarts=int(_positive(path, "plugin_runtime.max_restarts", get("max_restarts", (int,), defaults.max_restarts), allow_zero=True)),
+        restart_window=float(_positive(path, "plugin_runtime.restart_window", get("restart_window", number, defaults.restart_window))),
+        memory_limit_mb=None if not memory else int(_positive(path, "plugin_runtime.memory_limit_mb", memory)),
+    )
+    return Manifest(
+        id=plugin_id,
+        name=_check(path, plugin, "plugin", "name", (str,), plugin_id),
+        version=_check(path, plugin, "plugin", "version", (str,), "0.0.0"),
+        description=_check(path, plugin, "plugin", "description", (str,), ""),
+        entry=entry,
+        path=path,
+        runtime=runtime,
+    )
+
+
+def load_manifest(path: Path) -> Manifest:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ManifestError(str(path), None, f"cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ManifestError(str(path), None, f"not UTF-8: {exc}") from exc
+    return parse_manifest(path, text)
+
+
+@dataclass(frozen=True, slots=True)
+class Discovered:
+    """One plugin folder found by discovery: a manifest, or the error that stopped it."""
+
+    id: str
+    folder: Path
+    manifest: Manifest | None
+    error: ManifestError | None
+
+
+def discover(plugins_dir: Path) -> list[Discovered]:
+    """Every `plugins_dir/*/plugin.toml`, sorted by folder name.
+
+    A bad manifest does not stop discovery: it is returned with its error, under
+    the folder name (made unique) since its id may be unreadable. A duplicate id
+    is an error on every folder after the first that claims it.
+    """
+    if not plugins_dir.is_dir():
+        raise ManifestError(str(plugins_dir), None, "plugins directory does not exist")
+    loaded: list[tuple[Path, Manifest | ManifestError]] = []
+    owners: dict[str, Path] = {}
+    for path in sorted(plugins_dir.glob(f"*/{MANIFEST_NAME}")):
+        try:
+            manifest = load_manifest(path)
+        except ManifestError as exc:
+            loaded.append((path, exc))
+            continue
+        if manifest.id in owners:
+            first = owners[manifest.id] / MANIFEST_NAME
+            loaded.append((path, ManifestError(str(path), "plugin.id", f"duplicate id {manifest.id!r}, already used by {first}")))
+            continue
+        owners[manifest.id] = path.parent
+        loaded.append((path, manifest))
+
+    taken = set(owners)
+    found: list[Discovered] = []
+    for path, outcome in loaded:
+        if isinstance(outcome, Manifest):
+            found.append(Discovered(outcome.id, path.parent, outcome, None))
+            continue
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", path.parent.name)
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        found.append(Discovered(name, path.parent, None, outcome))
+    return found

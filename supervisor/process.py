@@ -1,0 +1,104 @@
+"""OS mechanics for one worker process: the command, the environment, signals to its tree.
+
+No asyncio and no policy here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import psutil
+
+import protocol
+
+# What an ordinary program needs; everything else (API keys, tokens, cloud
+# credentials) stays in the host.
+ENV_ALLOW = frozenset(
+    {"PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "TERM", "SHELL",
+     "SSL_CERT_FILE", "SSL_CERT_DIR"}
+)
+ENV_ALLOW_PREFIXES = ("LC_",)
+
+# The folder that holds the `protocol`, `worker` and `supervisor` packages
+# (the source checkout, or site-packages when installed).
+CODE_ROOT = Path(protocol.__file__).resolve().parent.parent
+
+
+def worker_env(extra_allow: Iterable[str] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
+    source = os.environ if source is None else source
+    allow = ENV_ALLOW | frozenset(extra_allow)
+    env = {k: v for k, v in source.items() if k in allow or k.startswith(ENV_ALLOW_PREFIXES)}
+    # `-P` keeps the plugin folder (the cwd) off sys.path, so the worker package
+    # must be found through PYTHONPATH when the project is not installed.
+    env["PYTHONPATH"] = str(CODE_ROOT)
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def worker_command(plugin_dir: Path, max_frame_size: int) -> list[str]:
+    return [
+        sys.executable,
+        "-P",  # never import from the cwd (the plugin folder): a plugin's msgpack.py must not shadow ours
+        "-m",
+        "worker",
+        str(plugin_dir),
+        "--parent-pid",
+        str(os.getpid()),
+        "--max-frame-size",
+        str(max_frame_size),
+    ]
+
+
+def spawn(plugin_dir: Path, max_frame_size: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start `python -m worker` in the plugin folder, in its own process group, no shell."""
+    return subprocess.Popen(
+        worker_command(plugin_dir, max_frame_size),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=plugin_dir,
+        env=env,
+        close_fds=True,
+        process_group=0,
+    )
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd for `pid` (signals to it can never hit a recycled pid), or None if unsupported."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    """The worker's live descendants, including ones that left its process group."""
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
+
+
+def signal_tree(pid: int, pidfd: int | None, sig: int, known: Iterable[psutil.Process] = ()) -> None:
+    """Send `sig` to the worker, its process group and every known descendant.
+
+    Call it while the worker is not yet reaped: its pid, and so its process
+    group id, cannot be reused until then.
+    """
+    for child in list(known) + descendants(pid):
+        with contextlib.suppress(psutil.Error):
+            child.send_signal(sig)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, sig)
+    if pidfd is not None:
+        with contextlib.suppress(ProcessLookupError, OSError):
+            signal.pidfd_send_signal(pidfd, sig)
+    else:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)

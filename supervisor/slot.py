@@ -1,0 +1,315 @@
+"""One plugin across its workers: when to start, restart, give up; and the call path.
+
+Policy lives here (the manifest, the restart budget, backoff); the mechanism
+of one process lives in `WorkerHandle`. A slot replaces a dead worker with a
+new handle; a handle never restarts.
+
+The call path: check state -> take a place in the queue (bounded by
+`max_queue`) -> wait for one of `max_concurrency` places -> wait for a
+running worker -> send -> await the result, all under one deadline. On the
+deadline the caller gets `CallTimeout` at once; the worker is asked to cancel
+and is killed if the call has not ended within `cancel_grace`. A call is never
+re-sent to a new worker (at-most-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from protocol import EntryInfo
+from supervisor.errors import (
+    CallTimeout,
+    EntryNotFound,
+    ExitInfo,
+    ManifestError,
+    PluginOverloaded,
+    PluginUnavailable,
+)
+from supervisor.handle import StartFailed, WorkerHandle
+from supervisor.lifecycle import PLUGIN_MOVES, PluginState, check_move
+from supervisor.logs import PluginLog
+from supervisor.manifest import Manifest, load_manifest
+from supervisor.policy import Backoff, Clock, RestartBudget
+
+
+@dataclass(frozen=True, slots=True)
+class SlotOptions:
+    """Supervisor-wide settings every slot shares."""
+
+    env: dict[str, str]
+    max_frame_size: int
+    cancel_grace: float
+    log_dir: Path | None
+    clock: Clock = time.monotonic
+
+
+@dataclass(frozen=True, slots=True)
+class PluginStatus:
+    """An immutable snapshot of one plugin. `state` compares equal to its string value."""
+
+    id: str
+    name: str
+    version: str
+    state: PluginState
+    pid: int | None
+    restarts: int
+    last_exit: ExitInfo | None
+    error: str | None          # why it is failed / last start failure, if any
+    entries: tuple[EntryInfo, ...]
+    uptime: float | None       # seconds the current worker has been ready
+    calls: int
+    failures: int
+    in_flight: int
+    queued: int
+    folder: str
+    log_path: str | None
+
+
+class PluginSlot:
+    def __init__(self, plugin_id: str, folder: Path, manifest: Manifest | None, error: ManifestError | None, options: SlotOptions) -> None:
+        self.id = plugin_id
+        self.folder = folder
+        self.manifest = manifest
+        self.options = options
+        self.state = PluginState.STOPPED
+        self.error: str | None = str(error) if error else None
+        self.restarts = 0
+        self.last_exit: ExitInfo | None = None
+        self.calls = 0
+        self.failures = 0
+        self.log = PluginLog(plugin_id, options.log_dir / f"{plugin_id}.log" if options.log_dir else None)
+        self._handle: WorkerHandle | None = None
+        self._entries: dict[str, EntryInfo] = {}
+        self._runner: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._settled = asyncio.Event()
+        self._stop_requested = False
+        runtime = manifest.runtime if manifest else None
+        self._places = asyncio.Semaphore(runtime.max_concurrency if runtime else 1)
+        self._queued = 0
+        self._budget = RestartBudget(runtime.max_restarts if runtime else 0, runtime.restart_window if runtime else 60.0, options.clock)
+        self._backoff = Backoff()
+        if error is not None:
+            self._move(PluginState.FAILED)
+        self._lifecycle_lock = asyncio.Lock()
+
+    # -- state ----------------------------------------------------------------
+    def _move(self, new: PluginState) -> None:
+        if new is self.state:
+            return
+        self.state = check_move(PLUGIN_MOVES, self.state, new)
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    def status(self) -> PluginStatus:
+        handle = self._handle
+        running = handle is not None and self.state is PluginState.RUNNING
+        loop_time = asyncio.get_running_loop().time() if running else 0.0
+        return PluginStatus(
+            id=self.id,
+            name=self.manifest.name if self.manifest else self.id,
+            version=self.manifest.version if self.manifest else "",
+            state=self.state,
+            pid=handle.pid if handle is not None and handle.alive else None,
+            restarts=self.restarts,
+            last_exit=self.last_exit,
+            error=self.error,
+            entries=tuple(self._entries.values()),
+            uptime=(loop_time - handle.started_at) if running and handle and handle.started_at is not None else None,
+            calls=self.calls,
+            failures=self.failures,
+            in_flight=handle.in_flight if handle is not None else 0,
+            queued=self._queued,
+            folder=str(self.folder),
+            log_path=str(self.log.path) if self.log.path else None,
+        )
+
+    # -- lifecycle --------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the plugin; returns once it is running or its first start failed."""
+        async with self._lifecycle_lock:
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
+        if self._runner is not None and not self._runner.done():
+            return
+        if self.manifest is None:
+            self._reload_manifest()  # a broken plugin.toml may have been fixed since
+        assert self.manifest is not None
+        if not self.manifest.runtime.enabled:
+            raise PluginUnavailable(self.id, f"disabled in {self.manifest.path} (plugin_runtime.enabled = false)")
+        self._stop_requested = False
+        self._settled = asyncio.Event()
+        self.error = None
+        self._move(PluginState.STARTING)
+        self._runner = asyncio.create_task(self._run(), name=f"plugin-{self.id}")
+        await self._settled.wait()
+
+    async def stop(self) -> None:
+        async with self._lifecycle_lock:
+            await self._stop_locked()
+
+    async def _stop_locked(self) -> None:
+        self._stop_requested = True
+        handle, runner = self._handle, self._runner
+        if handle is not None and handle.alive and self.manifest is not None:
+            await handle.stop(self.manifest.runtime.shutdown_timeout)
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._runner = None
+        if self.state is not PluginState.STOPPED and not (self.state is PluginState.FAILED and self.manifest is None):
+            self._move(PluginState.STOPPED)
+
+    async def restart(self) -> None:
+        """Stop, reset the restart budget, start again (also from `failed`)."""
+        async with self._lifecycle_lock:
+            await self._stop_locked()
+            self._budget.reset()
+            self._backoff.reset()
+            await self._start_locked()
+
+    def close(self) -> None:
+        self.log.close()
+
+    def _reload_manifest(self) -> None:
+        try:
+            self.manifest = load_manifest(self.folder / "plugin.toml")
+        except ManifestError as exc:
+            self.error = str(exc)
+            raise PluginUnavailable(self.id, str(exc)) from exc
+        if self.manifest.id != self.id:
+            raise PluginUnavailable(self.id, f"plugin.id changed to {self.manifest.id!r}; restart the supervisor")
+        runtime = self.manifest.runtime
+        self._places = asyncio.Semaphore(runtime.max_concurrency)
+        self._budget = RestartBudget(runtime.max_restarts, runtime.restart_window, self.options.clock)
+
+    async def _run(self) -> None:
+        """The slot's supervision loop: one iteration per worker."""
+        assert self.manifest is not None
+        runtime = self.manifest.runtime
+        first = True
+        while True:
+            if not first:
+                self.restarts += 1
+            first = False
+            self._move(PluginState.STARTING)
+            handle = WorkerHandle(self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size)
+            self._handle = handle
+            try:
+                await handle.start()
+            except StartFailed as exc:
+                self.last_exit = exc.exit
+                self.error = exc.message + (f"\n{exc.traceback}" if exc.traceback else "")
+                self.log.event(f"start failed: {exc.message}")
+                self._settled.set()
+                if self._stop_requested:
+                    return
+                if runtime.restart == "never" or not self._budget.record_crash():
+                    self._give_up("start failed" + ("" if runtime.restart == "never" else "; restart budget spent"))
+                    return
+                self._move(PluginState.BACKOFF)
+                await asyncio.sleep(self._backoff.next_delay())
+                continue
+            self._backoff.reset()
+            self._entries = handle.entries
+            self.error = None
+            self._move(PluginState.RUNNING)
+            self._settled.set()
+            exit_info = await handle.wait_dead()
+            self.last_exit = exit_info
+            if self._stop_requested:
+                return
+            clean = exit_info.returncode == 0 and not exit_info.reason.startswith("killed")
+            if runtime.restart == "never" or (runtime.restart == "on-failure" and clean and exit_info.reason == "exited"):
+                if clean:
+                    self._move(PluginState.STOPPED)
+                else:
+                    self._give_up(f"{exit_info.describe()}; restart policy is 'never'")
+                return
+            if not self._budget.record_crash():
+                self._give_up(
+                    f"{exit_info.describe()}; more than {runtime.max_restarts} crashes within {runtime.restart_window:g} s"
+                )
+                return
+
+    def _give_up(self, reason: str) -> None:
+        self.error = reason if not self.error else f"{reason}: {self.error}"
+        self.log.event(f"plugin failed: {reason}")
+        self._move(PluginState.FAILED)
+
+    # -- calls ------------------------------------------------------------------
+    def entry_timeout(self, entry_id: str) -> float | None:
+        entry = self._entries.get(entry_id)
+        return entry.timeout if entry is not None else None
+
+    async def call(self, entry_id: str, args: Mapping[str, Any], timeout: float | None) -> Any:
+        if self.manifest is None or self.state in (PluginState.FAILED, PluginState.STOPPED):
+            raise PluginUnavailable(self.id, self._unavailable_reason())
+        if self._entries and entry_id not in self._entries:
+            raise EntryNotFound(self.id, entry_id, list(self._entries))
+        runtime = self.manifest.runtime
+        if timeout is None:
+            timeout = self.entry_timeout(entry_id) or runtime.call_timeout
+        if self._queued >= runtime.max_queue and self._places.locked():
+            raise PluginOverloaded(self.id, runtime.max_queue)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        self.calls += 1
+        try:
+            return await self._call(entry_id, args, timeout, deadline)
+        except BaseException:
+            self.failures += 1
+            raise
+
+    async def _call(self, entry_id: str, args: Mapping[str, Any], timeout: float, deadline: float) -> Any:
+        self._queued += 1
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._places.acquire()
+        except TimeoutError:
+            raise CallTimeout(self.id, entry_id, timeout) from None
+        finally:
+            self._queued -= 1
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    handle = await self._running_handle()
+            except TimeoutError:
+                raise CallTimeout(self.id, entry_id, timeout) from None
+            call_id, future = handle.send_call(entry_id, args)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    return await future
+            except TimeoutError:
+                handle.abandon(call_id, self.options.cancel_grace)
+                raise CallTimeout(self.id, entry_id, timeout) from None
+            except asyncio.CancelledError:
+                handle.abandon(call_id, self.options.cancel_grace)
+                raise
+        finally:
+            self._places.release()
+
+    async def _running_handle(self) -> WorkerHandle:
+        """Wait until a worker is ready (through starts and restarts), or raise if the plugin is gone."""
+        while True:
+            handle = self._handle
+            if self.state is PluginState.RUNNING and handle is not None and handle.state.value == "ready":
+                return handle
+            if self.state in (PluginState.FAILED, PluginState.STOPPED):
+                raise PluginUnavailable(self.id, self._unavailable_reason())
+            await self._changed.wait()
+
+    def _unavailable_reason(self) -> str:
+        if self.state is PluginState.FAILED:
+            return f"failed: {self.error}" if self.error else "failed"
+        if self.manifest is not None and not self.manifest.runtime.enabled:
+            return "disabled in plugin.toml"
+        return "stopped"

@@ -1,0 +1,177 @@
+"""The public asyncio API: discover plugins, start them, call them, watch them.
+
+    async with Supervisor("plugins") as sup:
+        value = await sup.call("persistent", "save", {"key": "a", "value": "b"}, timeout=5.0)
+        sup.status("persistent").state   # "running"
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import protocol
+from supervisor import process
+from supervisor.errors import InvalidArguments, PluginNotFound
+from supervisor.manifest import discover
+from supervisor.policy import Clock
+from supervisor.slot import PluginSlot, PluginStatus, SlotOptions
+
+DEFAULT_CANCEL_GRACE = 1.0
+
+
+def default_log_dir(plugins_dir: Path) -> Path:
+    """Per user and per plugins folder, under the system temp dir."""
+    digest = hashlib.sha1(str(plugins_dir).encode()).hexdigest()[:10]
+    return Path(tempfile.gettempdir()) / f"neko-supervisor-{os.getuid()}" / f"{plugins_dir.name}-{digest}"
+
+
+class Supervisor:
+    """Runs every plugin of `plugins_dir` (each `*/plugin.toml`) in its own worker process.
+
+    - `auto_start`: start the plugins whose manifest says `auto_start = true` in `start()`.
+    - `max_frame_size`: largest protocol frame in bytes, both directions.
+    - `cancel_grace`: seconds a timed-out call has to stop before its worker is killed.
+    - `log_dir`: where each plugin's `<id>.log` goes (default: a folder under the temp dir);
+      `False` keeps logs in memory only.
+    - `env_allow`: extra environment variable names passed to workers.
+    - `clock`: monotonic seconds for the restart budget (tests pass a fake one).
+    """
+
+    def __init__(
+        self,
+        plugins_dir: str | os.PathLike[str],
+        *,
+        auto_start: bool = True,
+        max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
+        cancel_grace: float = DEFAULT_CANCEL_GRACE,
+        log_dir: str | os.PathLike[str] | None | bool = None,
+        env_allow: Iterable[str] = (),
+        clock: Clock = time.monotonic,
+    ) -> None:
+        if not isinstance(max_frame_size, int) or max_frame_size < 1024:
+            raise ValueError(f"max_frame_size must be an int of at least 1024 bytes, got {max_frame_size!r}")
+        if not _positive_number(cancel_grace):
+            raise ValueError(f"cancel_grace must be a positive number of seconds, got {cancel_grace!r}")
+        self.plugins_dir = Path(plugins_dir).resolve()
+        self.auto_start = auto_start
+        if log_dir is False:
+            resolved_log_dir = None
+        elif log_dir is None or log_dir is True:
+            resolved_log_dir = default_log_dir(self.plugins_dir)
+        else:
+            resolved_log_dir = Path(log_dir)
+        self._options = SlotOptions(
+            env=process.worker_env(env_allow),
+            max_frame_size=max_frame_size,
+            cancel_grace=float(cancel_grace),
+            log_dir=resolved_log_dir,
+            clock=clock,
+        )
+        self._slots: dict[str, PluginSlot] = {}
+        self._started = False
+
+    # -- whole supervisor ---------------------------------------------------------
+    async def __aenter__(self) -> Supervisor:
+        await self.start()
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Discover plugins and start the auto_start ones concurrently.
+
+        Returns once start-up has settled: every auto_start plugin is running or
+        its first start has failed. A broken plugin never blocks the others.
+        """
+        if self._started:
+            return
+        for found in discover(self.plugins_dir):
+            self._slots[found.id] = PluginSlot(found.id, found.folder, found.manifest, found.error, self._options)
+        self._started = True
+        if self.auto_start:
+            starts = [
+                slot.start()
+                for slot in self._slots.values()
+                if slot.manifest is not None and slot.manifest.runtime.enabled and slot.manifest.runtime.auto_start
+            ]
+            # A start that raises (it should not) must not stop the others.
+            await asyncio.gather(*starts, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """Stop every plugin concurrently (shutdown hooks, then SIGTERM, then SIGKILL)."""
+        try:
+            await asyncio.gather(*(asyncio.shield(slot.stop()) for slot in self._slots.values()), return_exceptions=True)
+        finally:
+            for slot in self._slots.values():
+                slot.close()
+
+    # -- one plugin -------------------------------------------------------------------
+    async def call(
+        self,
+        plugin_id: str,
+        entry_id: str,
+        args: Mapping[str, Any] | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Any:
+        """Call `entry_id` of `plugin_id` with keyword arguments `args`; returns its value.
+
+        `timeout` defaults to the entry's own timeout, else the manifest's `call_timeout`.
+        """
+        slot = self._slot(plugin_id)
+        if args is None:
+            args = {}
+        elif not isinstance(args, Mapping):
+            raise InvalidArguments(f"args must be a mapping of argument names to values, got {type(args).__name__}")
+        elif not all(isinstance(key, str) for key in args):
+            raise InvalidArguments("args keys must all be strings (argument names)")
+        if timeout is not None and not _positive_number(timeout):
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if not isinstance(entry_id, str) or not entry_id:
+            raise InvalidArguments(f"entry_id must be a non-empty string, got {entry_id!r}")
+        return await slot.call(entry_id, args, None if timeout is None else float(timeout))
+
+    def status(self, plugin_id: str) -> PluginStatus:
+        return self._slot(plugin_id).status()
+
+    def statuses(self) -> list[PluginStatus]:
+        return [slot.status() for slot in self._slots.values()]
+
+    def logs(self, plugin_id: str, tail: int | None = None) -> list[str]:
+        """The plugin's last `tail` log lines (stderr, log records, supervisor events)."""
+        return self._slot(plugin_id).log.tail(tail)
+
+    async def start_plugin(self, plugin_id: str) -> None:
+        await self._slot(plugin_id).start()
+
+    async def stop_plugin(self, plugin_id: str) -> None:
+        await self._slot(plugin_id).stop()
+
+    async def restart(self, plugin_id: str) -> None:
+        """Stop and start the plugin, resetting its restart budget (also from `failed`)."""
+        await self._slot(plugin_id).restart()
+
+    @property
+    def plugin_ids(self) -> list[str]:
+        return list(self._slots)
+
+    def _slot(self, plugin_id: str) -> PluginSlot:
+        if not self._started:
+            raise RuntimeError("the supervisor is not started: use `async with Supervisor(...)` or `await start()`")
+        slot = self._slots.get(plugin_id)
+        if slot is None:
+            raise PluginNotFound(plugin_id, list(self._slots))
+        return slot
+
+
+def _positive_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0

@@ -1,0 +1,173 @@
+"""One call in, one result out: bind arguments, run the entry, shape the result.
+
+Async entries run as tasks on the worker's event loop; sync entries run on a
+bounded thread pool and write their own result frame from the pool thread (the
+writer is thread-safe), so a result does not wait for the loop.
+
+Exactly one `Result` is written per `Call`, whatever happens: the entry
+returns, raises, is cancelled before it starts, or produces a value msgpack
+cannot encode (reported as `unserializable`, naming the type; the worker
+stays up).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import inspect
+import traceback
+from typing import Any
+
+from protocol import Call, ErrorInfo, ProtocolError, Result, encode_message
+from protocol.streams import BlockingWriter
+from worker.loader import Entry
+from worker.sdk import Err, Ok
+
+
+def error_from_exception(kind: str, exc: BaseException) -> ErrorInfo:
+    return ErrorInfo(
+        kind=kind,
+        type=type(exc).__name__,
+        message=str(exc),
+        traceback="".join(traceback.format_exception(exc)),
+    )
+
+
+def find_unencodable(value: Any, path: str = "result") -> tuple[str, str] | None:
+    """(path, type name) of the first value msgpack cannot encode, if any."""
+    if value is None or isinstance(value, bool | int | float | str | bytes | bytearray | memoryview):
+        if isinstance(value, int) and not -(2**63) <= value < 2**64:
+            return path, "int (out of the 64-bit range)"
+        return None
+    if isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            found = find_unencodable(item, f"{path}[{index}]")
+            if found:
+                return found
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = find_unencodable(key, f"{path} key {key!r}") or find_unencodable(item, f"{path}[{key!r}]")
+            if found:
+                return found
+        return None
+    return path, type(value).__name__
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        entries: dict[str, Entry],
+        writer: BlockingWriter,
+        loop: asyncio.AbstractEventLoop,
+        max_concurrency: int,
+    ) -> None:
+        self.entries = entries
+        self.writer = writer
+        self.loop = loop
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="neko-entry")
+        # call_id -> asyncio.Task (async entry) or concurrent Future (sync entry)
+        self.in_flight: dict[int, asyncio.Task[None] | concurrent.futures.Future[None]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- the loop thread -------------------------------------------------
+    def start(self, call: Call) -> None:
+        entry = self.entries.get(call.entry_id)
+        if entry is None:
+            known = ", ".join(sorted(self.entries)) or "none"
+            self.send_error(call.call_id, error=ErrorInfo("entry_not_found", "EntryNotFound", f"no entry {call.entry_id!r} (entries: {known})"))
+            return
+        try:
+            entry.signature.bind(**call.args)
+        except TypeError as exc:
+            self.send_error(call.call_id, error=ErrorInfo("invalid_arguments", "InvalidArguments", f"{entry.id}: {exc}"))
+            return
+        self._idle.clear()
+        if entry.is_async:
+            task = self.loop.create_task(self._run_async(entry, call))
+            self.in_flight[call.call_id] = task
+            task.add_done_callback(lambda t, call_id=call.call_id: self._async_done(call_id, t))
+        else:
+            future = self.pool.submit(self._run_sync, entry, call)
+            self.in_flight[call.call_id] = future
+            future.add_done_callback(lambda _f, call_id=call.call_id: self.loop.call_soon_threadsafe(self._forget, call_id))
+
+    def cancel(self, call_id: int) -> None:
+        work = self.in_flight.get(call_id)
+        if work is None:
+            return  # already finished; its result is on the wire
+        if isinstance(work, asyncio.Task):
+            work.cancel()
+        elif work.cancel():
+            # Cancelled before a pool thread picked it up: nobody else will answer.
+            self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", "cancelled before it started"))
+        # A sync entry already running cannot be interrupted; the supervisor
+        # kills the worker if it does not finish within its grace period.
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
+
+    def _forget(self, call_id: int) -> None:
+        self.in_flight.pop(call_id, None)
+        if not self.in_flight:
+            self._idle.set()
+
+    async def _run_async(self, entry: Entry, call: Call) -> None:
+        try:
+            value = await entry.func(**call.args)
+        except Exception as exc:
+            self.send_error(call.call_id, error=error_from_exception("failed", exc))
+        else:
+            self._send_value(call.call_id, value)
+
+    def _async_done(self, call_id: int, task: asyncio.Task[None]) -> None:
+        # A cancel that lands before the task's first step never enters
+        # _run_async's body, so the answer for a cancelled task is sent here.
+        if task.cancelled():
+            self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", "cancelled by the caller"))
+        self._forget(call_id)
+
+    # -- pool threads ----------------------------------------------------
+    def _run_sync(self, entry: Entry, call: Call) -> None:
+        try:
+            value = entry.func(**call.args)
+            if inspect.isawaitable(value):
+                # A sync-looking wrapper around an async function: finish it on the loop.
+                value = asyncio.run_coroutine_threadsafe(_await(value), self.loop).result()
+        except Exception as exc:
+            self.send_error(call.call_id, error=error_from_exception("failed", exc))
+        else:
+            self._send_value(call.call_id, value)
+
+    # -- any thread ------------------------------------------------------
+    def _send_value(self, call_id: int, value: Any) -> None:
+        if isinstance(value, Err):
+            self.send_error(call_id, error=ErrorInfo("failed", value.type_name, value.message, _traceback_of(value.error)))
+            return
+        if isinstance(value, Ok):
+            value = value.value
+        try:
+            data = encode_message(Result(call_id, True, value), self.writer.max_frame_size)
+        except (TypeError, ValueError, OverflowError) as exc:
+            where = find_unencodable(value)
+            what = f"{where[0]} is of type {where[1]!r}" if where else str(exc)
+            self.send_error(call_id, error=ErrorInfo("unserializable", "UnserializableResult", f"the result cannot be encoded: {what}"))
+            return
+        except ProtocolError as exc:
+            self.send_error(call_id, error=ErrorInfo("unserializable", "ResultTooLarge", str(exc)))
+            return
+        self.writer.write_frame(data)
+
+    def send_error(self, call_id: int, *, error: ErrorInfo) -> None:
+        self.writer.send(Result(call_id, False, None, error))
+
+
+async def _await(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _traceback_of(error: str | BaseException) -> str:
+    if isinstance(error, BaseException) and error.__traceback__ is not None:
+        return "".join(traceback.format_exception(error))
+    return ""
