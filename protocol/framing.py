@@ -65,7 +65,7 @@ class FrameDecoder:
     all further input: a framing error is fatal to the connection.
     """
 
-    __slots__ = ("_buffer", "_broken", "_need", "max_frame_size")
+    __slots__ = ("_broken", "_buffer", "_need", "max_frame_size")
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         if not 0 < max_frame_size <= MAX_LENGTH_FIELD:

@@ -17,12 +17,27 @@ import os
 import signal
 import subprocess
 import threading
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import protocol
-from protocol import Call, Cancel, EntryInfo, ErrorInfo, Fatal, Hello, Log, Message, Ping, Pong, Ready, Result, Shutdown
+from protocol import (
+    Call,
+    Cancel,
+    EntryInfo,
+    ErrorInfo,
+    Fatal,
+    Hello,
+    Log,
+    Message,
+    Ping,
+    Pong,
+    Ready,
+    Result,
+    Shutdown,
+)
 from protocol.streams import MessageProtocol
 from supervisor import process
 from supervisor.errors import (
@@ -42,6 +57,7 @@ from supervisor.manifest import Manifest
 
 SIGTERM_GRACE = 2.0      # after SIGTERM, this long before SIGKILL
 PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
+STRAY_KILL_TIMEOUT = 1.0  # how long to wait for killed descendants to disappear
 
 
 class StartFailed(Exception):
@@ -84,7 +100,8 @@ class WorkerHandle:
         self.manifest = manifest
         self.plugin_id = manifest.id
         self.log = log
-        self.env = env
+        self.token = uuid.uuid4().hex
+        self.env = {**env, process.TAG_VARIABLE: self.token}
         self.max_frame_size = max_frame_size
         self.state = WorkerState.STARTING
         self.entries: dict[str, EntryInfo] = {}
@@ -105,6 +122,7 @@ class WorkerHandle:
         self._death_reason = ""
         self._death_error: PluginError | None = None  # what in-flight calls get instead of WorkerCrashed
         self._exited = False
+        self._strays: list[Any] = []
         self._open_pipes = 0
         self._drained = asyncio.Event()
 
@@ -269,7 +287,7 @@ class WorkerHandle:
     def _signal(self, sig: int) -> None:
         if self._proc is None or self._exited:
             return
-        process.signal_tree(self._proc.pid, self._pidfd, sig)
+        process.signal_tree(self._proc.pid, self._pidfd, sig, self.token if sig == signal.SIGKILL else None)
 
     def _send(self, message: Message) -> None:
         if self._stdin is not None and not self._stdin.is_closing():
@@ -355,7 +373,7 @@ class WorkerHandle:
             self._loop.remove_reader(self._pidfd)
         # The worker is a zombie until reaped, so its process group id is still
         # ours: clear out whatever it left behind, then reap it.
-        process.signal_tree(self._proc.pid, None, signal.SIGKILL)
+        self._strays = process.signal_tree(self._proc.pid, None, signal.SIGKILL, self.token)
         returncode = self._proc.wait()
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -367,6 +385,12 @@ class WorkerHandle:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PIPE_DRAIN_TIMEOUT):
                 await self._drained.wait()
+        # SIGKILL is delivered asynchronously: make sure the strays are really
+        # gone before anyone is told this worker is dead.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(STRAY_KILL_TIMEOUT):
+                while not all(process.gone(p) for p in self._strays):  # noqa: ASYNC110 - no event exists for a non-child's death
+                    await asyncio.sleep(0.005)
         assert self._proc is not None
         reason = self._death_reason or ("exited" if returncode == 0 else "crashed")
         self.exit = ExitInfo(self._proc.pid, returncode, reason)

@@ -39,7 +39,7 @@ class PluginLog:
         self._file: IO[bytes] | None = None
         self._file_size = 0
         # Per worker: the last lines of *its* stderr, for WorkerCrashed messages.
-        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=20)
+        self._stderr_tail: collections.deque[str] = collections.deque(maxlen=100)
 
     # -- input -----------------------------------------------------------
     def feed_stderr(self, data: bytes) -> None:

@@ -27,17 +27,16 @@ as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
 from __future__ import annotations
 
 import re
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from supervisor.errors import ManifestError
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 only
+    import tomli as tomllib  # type: ignore[no-redef]
 
 MANIFEST_NAME = "plugin.toml"
 ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -79,10 +78,7 @@ def _check(path: Path, table: dict[str, Any], prefix: str, key: str, kinds: tupl
         return default
     value = table[key]
     # TOML booleans are Python bools, which are ints too: keep them apart.
-    if isinstance(value, bool) and bool not in kinds:
-        value_ok = False
-    else:
-        value_ok = isinstance(value, kinds)
+    value_ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
     if not value_ok:
         wanted = " or ".join(k.__name__ for k in kinds)
         raise ManifestError(str(path), f"{prefix}.{key}", f"must be {wanted}, got {type(value).__name__} {value!r}")

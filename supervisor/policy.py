@@ -49,14 +49,17 @@ class Backoff:
     from `BACKOFF_INITIAL` up to `BACKOFF_MAX` seconds; a successful handshake resets it."""
 
     def __init__(self, initial: float = BACKOFF_INITIAL, maximum: float = BACKOFF_MAX) -> None:
-        self._wait = tenacity.wait_exponential_jitter(initial=initial, max=maximum, jitter=initial)
+        # Spelled as a sum of two long-standing strategies: wait_exponential_jitter's
+        # parameters changed names across tenacity releases.
+        self._wait = tenacity.wait_exponential(multiplier=initial, max=maximum) + tenacity.wait_random(0, initial)
+        self._maximum = maximum
         self._failures = 0
 
     def next_delay(self) -> float:
         self._failures += 1
         state = tenacity.RetryCallState(retry_object=None, fn=None, args=(), kwargs={})  # type: ignore[arg-type]
         state.attempt_number = self._failures
-        return float(self._wait(state))
+        return min(self._maximum, float(self._wait(state)))
 
     def reset(self) -> None:
         self._failures = 0

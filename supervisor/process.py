@@ -77,6 +77,27 @@ def open_pidfd(pid: int) -> int | None:
         return None
 
 
+# Every worker gets a unique token in this variable. Descendants inherit it, so
+# a grandchild that left the process group (setsid, double fork) and was
+# reparented after the worker died can still be found and killed.
+TAG_VARIABLE = "NEKO_SUPERVISOR_WORKER"
+
+
+def tagged(token: str) -> list[psutil.Process]:
+    """Live processes whose environment carries this worker's token."""
+    found = []
+    me = os.getpid()
+    for proc in psutil.process_iter():
+        if proc.pid == me:
+            continue
+        try:
+            if proc.environ().get(TAG_VARIABLE) == token:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
 def descendants(pid: int) -> list[psutil.Process]:
     """The worker's live descendants, including ones that left its process group."""
     try:
@@ -85,13 +106,15 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def signal_tree(pid: int, pidfd: int | None, sig: int, known: Iterable[psutil.Process] = ()) -> None:
-    """Send `sig` to the worker, its process group and every known descendant.
+def signal_tree(pid: int, pidfd: int | None, sig: int, token: str | None = None) -> list[psutil.Process]:
+    """Send `sig` to the worker, its process group, its descendants, and (with
+    `token`) every process carrying the worker's tag.
 
     Call it while the worker is not yet reaped: its pid, and so its process
-    group id, cannot be reused until then.
+    group id, cannot be reused until then. Returns the other processes signalled.
     """
-    for child in list(known) + descendants(pid):
+    others = descendants(pid) + (tagged(token) if token else [])
+    for child in others:
         with contextlib.suppress(psutil.Error):
             child.send_signal(sig)
     with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -102,3 +125,12 @@ def signal_tree(pid: int, pidfd: int | None, sig: int, known: Iterable[psutil.Pr
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
+    return others
+
+
+def gone(proc: psutil.Process) -> bool:
+    """Dead, or a zombie that only its new parent can reap (it runs no code)."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return True

@@ -245,6 +245,12 @@ class PluginSlot:
         self.log.event(f"plugin failed: {reason}")
         self._move(PluginState.FAILED)
 
+    async def wait_for_state(self, states: frozenset[PluginState]) -> PluginState:
+        """Return as soon as the plugin is in one of `states` (the caller bounds the wait)."""
+        while self.state not in states:
+            await self._changed.wait()
+        return self.state
+
     # -- calls ------------------------------------------------------------------
     def entry_timeout(self, entry_id: str) -> float | None:
         entry = self._entries.get(entry_id)

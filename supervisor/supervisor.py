@@ -20,6 +20,7 @@ from typing import Any
 import protocol
 from supervisor import process
 from supervisor.errors import InvalidArguments, PluginNotFound
+from supervisor.lifecycle import PluginState
 from supervisor.manifest import discover
 from supervisor.policy import Clock
 from supervisor.slot import PluginSlot, PluginStatus, SlotOptions
@@ -52,7 +53,7 @@ class Supervisor:
         auto_start: bool = True,
         max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
         cancel_grace: float = DEFAULT_CANCEL_GRACE,
-        log_dir: str | os.PathLike[str] | None | bool = None,
+        log_dir: str | os.PathLike[str] | bool | None = None,
         env_allow: Iterable[str] = (),
         clock: Clock = time.monotonic,
     ) -> None:
@@ -159,6 +160,18 @@ class Supervisor:
     async def restart(self, plugin_id: str) -> None:
         """Stop and start the plugin, resetting its restart budget (also from `failed`)."""
         await self._slot(plugin_id).restart()
+
+    async def wait_for_state(self, plugin_id: str, *states: str, timeout: float = 10.0) -> PluginState:
+        """Wait until the plugin is in one of `states` ("running", "failed", ...); returns it.
+
+        Raises `TimeoutError` after `timeout` seconds. Event-driven, no polling.
+        """
+        slot = self._slot(plugin_id)
+        wanted = frozenset(PluginState(state) for state in states)
+        if not wanted:
+            raise ValueError("wait_for_state needs at least one state")
+        async with asyncio.timeout(timeout):
+            return await slot.wait_for_state(wanted)
 
     @property
     def plugin_ids(self) -> list[str]:

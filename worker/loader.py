@@ -35,10 +35,10 @@ from worker.sdk import (
     find_mark,
 )
 
-if sys.version_info >= (3, 11):
+try:
     import tomllib
-else:  # pragma: no cover - the project requires 3.11, kept for the tomli fallback
-    import tomli as tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 only
+    import tomli as tomllib  # type: ignore[no-redef]
 
 DEFAULT_MAX_CONCURRENCY = 32
 

@@ -131,7 +131,7 @@ def plugin_entry(
     fn: Callable[..., Any] | None = None,
     /,
     *,
-    id: str | None = None,  # noqa: A002 - the SDK's documented keyword
+    id: str | None = None,
     name: str | None = None,
     description: str = "",
     input_schema: Any = None,
@@ -155,7 +155,7 @@ def plugin_entry(
     return mark if fn is None else mark(fn)
 
 
-def lifecycle(*, id: str) -> Callable[[F], F]:  # noqa: A002
+def lifecycle(*, id: str) -> Callable[[F], F]:
     """Run a method at `startup` (before the plugin is ready) or `shutdown`."""
     if id not in LIFECYCLE_EVENTS:
         raise SdkError(f"lifecycle id must be one of {sorted(LIFECYCLE_EVENTS)}, got {id!r}")
@@ -167,7 +167,7 @@ def lifecycle(*, id: str) -> Callable[[F], F]:  # noqa: A002
     return mark
 
 
-def timer_interval(*, id: str | None = None, seconds: float) -> Callable[[F], F]:  # noqa: A002
+def timer_interval(*, id: str | None = None, seconds: float) -> Callable[[F], F]:
     """Run a method every `seconds` on its own thread; ticks never overlap and an
     exception is logged without stopping the timer."""
     if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:

@@ -41,7 +41,13 @@ from protocol import (
 from protocol.messages import EntryInfo
 from protocol.streams import BlockingWriter, MessageProtocol
 from worker.dispatch import Dispatcher, error_from_exception
-from worker.loader import PluginParts, Timer, collect_parts, import_package, read_config, resolve_class
+from worker.loader import (
+    Timer,
+    collect_parts,
+    import_package,
+    read_config,
+    resolve_class,
+)
 from worker.sdk import PluginContext
 
 EXIT_OK = 0
@@ -121,7 +127,7 @@ class Session:
             parts = collect_parts(instance)
             for hook in parts.startup:
                 await _run_hook(hook)
-        except BaseException as exc:  # noqa: BLE001 - anything at start-up is reported, SystemExit included
+        except BaseException as exc:
             self.writer.send(Fatal(error_from_exception("start_failed", exc)))
             return EXIT_START_FAILED
 

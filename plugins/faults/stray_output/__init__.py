@@ -69,3 +69,8 @@ class StrayOutputPlugin(NekoPluginBase):
         sys.stdout.buffer.write(FAKE_FRAME)
         sys.stdout.flush()
         return {"ok": True}
+
+    @plugin_entry(id="long_line", description="One line of `size` 'x' characters on stdout.")
+    def long_line(self, size: int = 200_000, **_):
+        print("x" * size, flush=True)
+        return {"ok": True}

@@ -1,0 +1,158 @@
+"""`neko-supervisor` (also `python -m supervisor`).
+
+    neko-supervisor list PLUGINS_DIR [--json]
+    neko-supervisor call PLUGINS_DIR PLUGIN ENTRY [--args JSON] [--timeout S]
+
+`call` prints the entry's value as JSON on stdout and nothing else there; logs
+go to stderr. On failure: one line on stderr, no traceback, exit 1 (2 for a
+usage error: bad arguments, bad JSON, unknown plugin or entry).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from supervisor.errors import (
+    EntryNotFound,
+    InvalidArguments,
+    ManifestError,
+    PluginError,
+    PluginNotFound,
+)
+from supervisor.supervisor import Supervisor
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+USAGE_ERRORS = (PluginNotFound, EntryNotFound, InvalidArguments, ManifestError)
+
+
+class UsageError(Exception):
+    pass
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, bytes | bytearray | memoryview):
+        # JSON has no bytes: base64, so the output stays one valid JSON document.
+        return base64.b64encode(bytes(value)).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="neko-supervisor", description="Run N.E.K.O plugins in isolated worker processes.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v: plugin output, -vv: debug)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    list_cmd = commands.add_parser("list", help="list the plugins of a folder with their entries")
+    list_cmd.add_argument("plugins_dir", type=Path, metavar="PLUGINS_DIR")
+    list_cmd.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    call = commands.add_parser("call", help="call one entry of one plugin and print its value as JSON")
+    call.add_argument("plugins_dir", type=Path, metavar="PLUGINS_DIR")
+    call.add_argument("plugin", metavar="PLUGIN", help="plugin id")
+    call.add_argument("entry", metavar="ENTRY", help="entry id")
+    call.add_argument("--args", default="{}", metavar="JSON", help="the arguments, a JSON object (default {})")
+    call.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="call timeout in seconds")
+    return parser
+
+
+async def _call(ns: argparse.Namespace) -> Any:
+    try:
+        args = json.loads(ns.args)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--args is not valid JSON: {exc}") from None
+    if not isinstance(args, dict):
+        raise UsageError(f"--args must be a JSON object, got {type(args).__name__}")
+    async with Supervisor(ns.plugins_dir, auto_start=False) as sup:
+        await sup.start_plugin(ns.plugin)
+        return await sup.call(ns.plugin, ns.entry, args, timeout=ns.timeout)
+
+
+async def _list(ns: argparse.Namespace) -> list[dict[str, Any]]:
+    async with Supervisor(ns.plugins_dir, auto_start=False) as sup:
+        async def probe(plugin_id: str) -> None:
+            status = sup.status(plugin_id)
+            if status.state == "stopped":  # enabled and with a good manifest
+                with contextlib.suppress(PluginError):  # reported through its status below
+                    await sup.start_plugin(plugin_id)
+
+        await asyncio.gather(*(probe(pid) for pid in sup.plugin_ids))
+        rows = []
+        for st in sup.statuses():
+            rows.append(
+                {
+                    "id": st.id,
+                    "name": st.name,
+                    "version": st.version,
+                    "state": st.state.value,
+                    "entries": [e.id for e in st.entries],
+                    "error": (st.error or "").splitlines()[0] if st.error else None,
+                }
+            )
+        return rows
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    headers = ["ID", "NAME", "VERSION", "STATE", "ENTRIES"]
+    table = [[r["id"], r["name"], r["version"], r["state"], ", ".join(r["entries"]) or (r["error"] or "-")] for r in rows]
+    widths = [max(len(str(row[i])) for row in [headers, *table]) for i in range(len(headers) - 1)]
+    for row in [headers, *table]:
+        print("  ".join(str(cell).ljust(widths[i]) for i, cell in enumerate(row[:-1])) + "  " + str(row[-1]))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(ns.verbose, 2)]
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if ns.command == "call":
+            value = asyncio.run(_call(ns))
+            print(json.dumps(value, default=_json_default, ensure_ascii=False))
+        else:
+            rows = asyncio.run(_list(ns))
+            if ns.json:
+                print(json.dumps(rows, indent=2))
+            else:
+                _print_table(rows)
+    except UsageError as exc:
+        print(f"neko-supervisor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except USAGE_ERRORS as exc:
+        print(f"neko-supervisor: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_USAGE
+    except PluginError as exc:
+        print(f"neko-supervisor: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAILED
+    except TypeError as exc:  # a value JSON cannot print
+        print(f"neko-supervisor: error: the value cannot be printed as JSON: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n", 1)[0].split())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

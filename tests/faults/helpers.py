@@ -1,0 +1,47 @@
+"""Helpers for the fault tests: a supervisor on a chosen subset of fault plugins."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+from supervisor import Supervisor
+from tests.conftest import FAULT_PLUGINS, copy_plugins
+
+
+def set_runtime(plugin_dir: Path, **values: Any) -> None:
+    """Rewrite keys of [plugin_runtime] in a copied plugin.toml."""
+    path = plugin_dir / "plugin.toml"
+    text = path.read_text()
+    for key, value in values.items():
+        literal = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
+        line = f"{key} = {literal}"
+        pattern = re.compile(rf"^{key}\s*=.*$", re.M)
+        text = pattern.sub(line, text) if pattern.search(text) else text.replace("[plugin_runtime]", f"[plugin_runtime]\n{line}", 1)
+    path.write_text(text)
+
+
+@contextlib.asynccontextmanager
+async def supervising(
+    tmp_path: Path, names: list[str], runtime: dict[str, dict[str, Any]] | None = None, **options: Any
+) -> AsyncIterator[Supervisor]:
+    plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "faults", names)
+    for name, values in (runtime or {}).items():
+        set_runtime(plugins / name, **values)
+    options.setdefault("log_dir", tmp_path / "logs")
+    async with Supervisor(plugins, **options) as sup:
+        yield sup
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait until `predicate()` holds, checking on every loop turn up to a deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)  # a poll of state under a deadline, not synchronisation by sleep
