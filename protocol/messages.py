@@ -1,30 +1,9 @@
-"""Typed messages and their wire shapes.
+"""Typed messages and their wire shapes (the table is in protocol/README.md).
 
 Every message is a msgpack array whose first item is a short tag. Arrays (not
 maps) keep frames small and decoding cheap on the hot path (call/result).
-
-| tag        | direction           | wire shape                                   | meaning |
-|------------|---------------------|----------------------------------------------|---------|
-| `hello`    | worker -> supervisor | `["hello", version, pid]`                    | first frame a worker sends, before any plugin code is imported |
-| `ready`    | worker -> supervisor | `["ready", [entry, ...]]`                    | plugin loaded and its startup hooks ran; the entries it exposes |
-| `fatal`    | worker -> supervisor | `["fatal", error]`                           | the plugin could not be loaded or started; the worker exits next |
-| `call`     | supervisor -> worker | `["call", call_id, entry_id, args]`          | run one entry with keyword arguments `args` (a map) |
-| `result`   | worker -> supervisor | `["result", call_id, true, value]`           | the entry returned `value` |
-|            |                     | `["result", call_id, false, error]`          | the call failed (see error kinds) |
-| `cancel`   | supervisor -> worker | `["cancel", call_id]`                        | the caller gave up; stop the call if possible (a result still follows) |
-| `log`      | worker -> supervisor | `["log", level, logger_name, text]`          | one log record from the plugin (level as in `logging`) |
-| `ping`     | either              | `["ping", nonce]`                            | liveness probe; the peer answers `pong` with the same nonce |
-| `pong`     | either              | `["pong", nonce]`                            | answer to `ping` |
-| `shutdown` | supervisor -> worker | `["shutdown"]`                               | run shutdown hooks, finish, exit 0 |
-
-An *entry* is a map `{"id", "name", "description", "input_schema", "timeout", "is_async"}`.
-An *error* is a map `{"kind", "type", "message", "traceback"}` where `kind` is one of
-`ERROR_KINDS`: `entry_not_found`, `invalid_arguments`, `failed` (the entry raised or
-returned `Err`), `unserializable` (the result cannot be encoded), `cancelled`, `start_failed`.
-
-The handshake: the worker writes `hello` at once; the supervisor checks the
-version (`PROTOCOL_VERSION`, a mismatch is a `ProtocolError` naming both) and
-then waits for `ready` or `fatal`.
+Each message class has `to_wire()`; `decode_message()` is the one way back,
+and turns any wrong shape into `ProtocolError`.
 """
 
 from __future__ import annotations
