@@ -295,6 +295,8 @@ class WorkerHandle:
 
     # -- incoming -----------------------------------------------------------
     def _on_message(self, message: Message) -> None:
+        if self._death_error is not None:
+            return  # after a violation nothing from this worker is trusted; it is being killed
         if isinstance(message, Result):
             self._on_result(message)
         elif isinstance(message, Log):

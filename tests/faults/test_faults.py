@@ -13,11 +13,14 @@ from pathlib import Path
 import psutil
 import pytest
 
+import protocol
+
 from supervisor import (
     CallTimeout,
     InvalidArguments,
     PluginOverloaded,
     PluginUnavailable,
+    ProtocolError,
     ResultNotSerializable,
     WorkerCrashed,
 )
@@ -312,3 +315,29 @@ async def test_stop_leaves_no_worker_and_no_zombie(tmp_path: Path) -> None:
         assert all(pids)
     for pid in pids:
         assert not psutil.pid_exists(pid) or not pid_alive(pid)
+
+
+@pytest.mark.parametrize("entry", ["huge_header", "garbage", "wrong_shape", "unknown_call_id"])
+async def test_protocol_violation_kills_the_worker_and_fails_the_call(tmp_path: Path, entry: str) -> None:
+    async with supervising(tmp_path, ["protocol_breaker", "echo"]) as sup:
+        pid = sup.status("protocol_breaker").pid
+        started = time.monotonic()
+        with pytest.raises(ProtocolError) as caught:
+            await sup.call("protocol_breaker", entry, timeout=10)
+        assert time.monotonic() - started < 2.0
+        assert isinstance(caught.value, protocol.ProtocolError)  # one class, both layers
+        assert await sup.call("protocol_breaker", "ping", timeout=10) == "pong"
+        assert sup.status("protocol_breaker").pid != pid
+        assert await sup.call("echo", "echo", {"value": 1}) == 1
+
+
+async def test_frames_over_the_limit_are_refused_on_both_sides(tmp_path: Path) -> None:
+    async with supervising(tmp_path, ["echo"], max_frame_size=64 * 1024) as sup:
+        pid = sup.status("echo").pid
+        with pytest.raises(InvalidArguments, match="too large"):
+            await sup.call("echo", "echo", {"value": b"x" * 100_000})
+        # The worker refuses to send a result over the limit, and stays up.
+        with pytest.raises(ResultNotSerializable, match="exceeds the limit"):
+            await sup.call("echo", "repeat", {"value": "x", "times": 100_000})
+        assert await sup.call("echo", "echo", {"value": b"x" * 60_000}) == b"x" * 60_000
+        assert sup.status("echo").pid == pid

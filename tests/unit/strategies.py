@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 from hypothesis import strategies as st
@@ -29,7 +30,7 @@ msgpack_values: st.SearchStrategy[Any] = st.recursive(
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
     """`data` cut at the given offsets (any order, duplicates allowed: empty chunks are fed too)."""
     points = [0, *sorted(cuts), len(data)]
-    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
+    return [data[a:b] for a, b in itertools.pairwise(points)]
 
 
 def chunked(data: st.DataObject, stream: bytes) -> list[bytes]:

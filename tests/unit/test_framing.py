@@ -10,7 +10,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, MessageDecoder, ProtocolError, encode, frame, pack, unpack
+from protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FrameDecoder,
+    MessageDecoder,
+    ProtocolError,
+    encode,
+    frame,
+    pack,
+    unpack,
+)
 from tests.unit.strategies import chunked, msgpack_values
 
 FAST = settings(max_examples=200, deadline=None)

@@ -44,3 +44,7 @@ class EchoPlugin(NekoPluginBase):
     @plugin_entry(id="whoami", description="The worker's environment and working directory.")
     def whoami(self, **_):
         return {"env": dict(os.environ), "cwd": os.getcwd()}
+
+    @plugin_entry(id="repeat", description="`value` repeated `times` times (a large result on demand).")
+    def repeat(self, value, times: int, **_):
+        return value * times
