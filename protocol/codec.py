@@ -26,7 +26,11 @@ class MessageDecoder:
         return self._frames.pending
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Message]:
-        return [decode_message(unpack(body)) for body in self._frames.feed(data)]
+        try:
+            return [decode_message(unpack(body)) for body in self._frames.feed(data)]
+        except ProtocolError:
+            self._frames.break_stream()  # a bad message is as fatal as a bad frame
+            raise
 
     def eof(self) -> None:
         self._frames.eof()

@@ -41,7 +41,7 @@ def unpack(body: bytes | bytearray | memoryview) -> Any:
     try:
         return msgpack.unpackb(body, raw=False, strict_map_key=False, use_list=True)
     except Exception as exc:  # msgpack documents that unpacking may raise anything
-        raise ProtocolError(f"invalid msgpack body ({len(body)} bytes): {exc}") from exc
+        raise ProtocolError(f"invalid msgpack body ({len(body)} bytes): {type(exc).__name__}: {exc}") from exc
 
 
 def frame(body: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -108,6 +108,10 @@ class FrameDecoder:
         if offset:
             del buffer[:offset]
         return bodies
+
+    def break_stream(self) -> None:
+        """Refuse all further input (the caller found a message it cannot accept)."""
+        self._broken = True
 
     def eof(self) -> None:
         """Declare the stream ended; a partial frame left over is a `ProtocolError`."""

@@ -26,6 +26,7 @@ as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +40,8 @@ except ModuleNotFoundError:  # pragma: no cover - Python < 3.11 only
     import tomli as tomllib  # type: ignore[no-redef]
 
 MANIFEST_NAME = "plugin.toml"
-ID_PATTERN = re.compile(r"^[A-Za-z0-9_-]+$")
+ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: no "$" that admits a trailing newline
+ENTRY_PATTERN = re.compile(r"[A-Za-z_][\w.-]*:[A-Za-z_]\w*")  # "module.path:Class"
 RESTART_POLICIES = ("always", "on-failure", "never")
 
 
@@ -86,6 +88,8 @@ def _check(path: Path, table: dict[str, Any], prefix: str, key: str, kinds: tupl
 
 
 def _positive(path: Path, key: str, value: float, *, allow_zero: bool = False) -> float:
+    if not math.isfinite(value):
+        raise ManifestError(str(path), key, f"must be a finite number, got {value!r}")
     if value < 0 or (value == 0 and not allow_zero):
         raise ManifestError(str(path), key, f"must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
     return value
@@ -101,10 +105,10 @@ def parse_manifest(path: Path, text: str) -> Manifest:
     if not isinstance(plugin, dict):
         raise ManifestError(str(path), "plugin", "missing [plugin] table")
     plugin_id = _check(path, plugin, "plugin", "id", (str,), path.parent.name)
-    if not ID_PATTERN.match(plugin_id):
+    if not ID_PATTERN.fullmatch(plugin_id):
         raise ManifestError(str(path), "plugin.id", f"must use only letters, digits, '_' and '-', got {plugin_id!r}")
     entry = _check(path, plugin, "plugin", "entry", (str,), None)
-    if entry is not None and (":" not in entry or not all(entry.partition(":")[::2])):
+    if entry is not None and not ENTRY_PATTERN.fullmatch(entry):
         raise ManifestError(str(path), "plugin.entry", f"must look like 'module:Class', got {entry!r}")
 
     runtime_table = data.get("plugin_runtime", {})
@@ -121,7 +125,7 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         raise ManifestError(
             str(path), "plugin_runtime.restart", f"must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {restart!r}"
         )
-    memory = get("memory_limit_mb", number, None)
+    memory = get("memory_limit_mb", (int,), None)
     runtime = RuntimeOptions(
         enabled=get("enabled", (bool,), defaults.enabled),
         auto_start=get("auto_start", (bool,), defaults.auto_start),
@@ -198,7 +202,7 @@ def discover(plugins_dir: Path) -> list[Discovered]:
         if isinstance(outcome, Manifest):
             found.append(Discovered(outcome.id, path.parent, outcome, None))
             continue
-        name = re.sub(r"[^A-Za-z0-9_-]", "_", path.parent.name)
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", path.parent.name) or "_"
         while name in taken:
             name += "_"
         taken.add(name)

@@ -33,6 +33,7 @@ from worker.sdk import (
     SdkError,
     TimerSpec,
     find_mark,
+    unwrap_chain,
 )
 
 try:
@@ -257,10 +258,4 @@ def _make_entry(attr_name: str, spec: EntrySpec, bound: Callable[..., Any], func
 
 def is_async_callable(func: Any) -> bool:
     """True for `async def` functions, also when wrapped (tenacity's async retry is one)."""
-    while func is not None:
-        if inspect.iscoroutinefunction(func):
-            return True
-        if not hasattr(func, "__wrapped__"):
-            return False
-        func = func.__wrapped__
-    return False
+    return any(inspect.iscoroutinefunction(layer) for layer in unwrap_chain(func))

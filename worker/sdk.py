@@ -11,6 +11,7 @@ order with others that use `functools.wraps` (tenacity's `@retry` included):
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -142,7 +143,7 @@ def plugin_entry(
     manifest's `call_timeout` for this entry."""
     if id is not None and (not isinstance(id, str) or not id):
         raise SdkError(f"plugin_entry id must be a non-empty string, got {id!r}")
-    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0):
+    if timeout is not None and not _positive_finite(timeout):
         raise SdkError(f"plugin_entry timeout must be a positive number of seconds, got {timeout!r}")
     spec = EntrySpec(id, name, description or "", input_schema, None if timeout is None else float(timeout))
 
@@ -170,7 +171,7 @@ def lifecycle(*, id: str) -> Callable[[F], F]:
 def timer_interval(*, id: str | None = None, seconds: float) -> Callable[[F], F]:
     """Run a method every `seconds` on its own thread; ticks never overlap and an
     exception is logged without stopping the timer."""
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds <= 0:
+    if not _positive_finite(seconds):
         raise SdkError(f"timer_interval seconds must be a positive number, got {seconds!r}")
 
     def mark(func: F) -> F:
@@ -180,15 +181,28 @@ def timer_interval(*, id: str | None = None, seconds: float) -> Callable[[F], F]
     return mark
 
 
+def _positive_finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
+MAX_WRAP_DEPTH = 32  # a __wrapped__ cycle must not hang the loader
+
+
+def unwrap_chain(func: Any) -> list[Any]:
+    """`func` and everything it wraps through `__wrapped__`, at most MAX_WRAP_DEPTH deep."""
+    chain = []
+    while func is not None and len(chain) < MAX_WRAP_DEPTH:
+        chain.append(func)
+        func = getattr(func, "__wrapped__", None)
+    return chain
+
+
 def find_mark(func: Any, mark: str) -> Any:
     """The spec `mark` set on `func` or on anything it wraps (None if unmarked)."""
-    seen = 0
-    while func is not None and seen < 32:  # a __wrapped__ cycle must not hang the loader
-        spec = getattr(func, mark, None)
+    for layer in unwrap_chain(func):
+        spec = getattr(layer, mark, None)
         if spec is not None:
             return spec
-        func = getattr(func, "__wrapped__", None)
-        seen += 1
     return None
 
 

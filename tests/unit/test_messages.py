@@ -238,8 +238,8 @@ def test_check_version_names_both_versions() -> None:
 # --- anything msgpack can produce decodes or is ProtocolError -------------------
 
 # Near-misses reach deeper than uniformly random objects: a known tag and the
-# right number of items, each either of the right type or anything at all
-# (about one in ten decodes); plus known tags followed by any items.
+# right number of items, each either of the right type or anything at all;
+# or a known tag followed by any items.
 def _sometimes(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     return good | msgpack_values
 
@@ -262,7 +262,7 @@ ints = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
 text = st.text(max_size=5)
 SHAPES: dict[str, list[st.SearchStrategy[Any]]] = {
     "hello": [ints, ints],
-    "ready": [st.lists(entry_maps, max_size=3)],
+    "ready": [st.lists(_sometimes(entry_maps), max_size=3)],
     "fatal": [error_maps],
     "call": [ints, text, st.dictionaries(text, msgpack_values, max_size=3)],
     "result": [ints, st.booleans(), msgpack_values | error_maps],
@@ -272,11 +272,12 @@ SHAPES: dict[str, list[st.SearchStrategy[Any]]] = {
     "pong": [ints],
     "shutdown": [],
 }
-right_arity = st.one_of(
-    [st.tuples(st.just(tag), *map(_sometimes, fields)).map(list) for tag, fields in SHAPES.items()]
-)
-any_arity = st.builds(lambda tag, rest: [tag, *rest], st.sampled_from(sorted(SHAPES)), st.lists(msgpack_values | error_maps, max_size=4))
-near_misses = right_arity | any_arity
+
+
+def near_misses(tag: str) -> st.SearchStrategy[list[Any]]:
+    right_arity = st.tuples(*map(_sometimes, SHAPES[tag])).map(lambda items: [tag, *items])
+    any_arity = st.lists(msgpack_values | error_maps | st.lists(entry_maps | msgpack_values, max_size=3), max_size=4)
+    return right_arity | any_arity.map(lambda items: [tag, *items])
 
 
 def test_near_misses_know_every_tag() -> None:
@@ -286,9 +287,7 @@ def test_near_misses_know_every_tag() -> None:
     assert set(SHAPES) == {_wire(message)[0] for message in SAMPLES}
 
 
-@FAST
-@given(obj=msgpack_values | near_misses)
-def test_arbitrary_objects_decode_or_raise_protocol_error(obj: Any) -> None:
+def _decode_or_protocol_error(obj: Any) -> None:
     try:
         decode_message(obj)
     except Exception as exc:
@@ -296,3 +295,16 @@ def test_arbitrary_objects_decode_or_raise_protocol_error(obj: Any) -> None:
     else:
         error = None
     assert error is None or isinstance(error, ProtocolError), repr(error)
+
+
+@FAST
+@given(obj=msgpack_values)
+def test_arbitrary_objects_decode_or_raise_protocol_error(obj: Any) -> None:
+    _decode_or_protocol_error(obj)
+
+
+@pytest.mark.parametrize("tag", sorted(SHAPES))
+@settings(max_examples=100, deadline=None)  # x10 tags
+@given(data=st.data())
+def test_near_miss_messages_decode_or_raise_protocol_error(tag: str, data: st.DataObject) -> None:
+    _decode_or_protocol_error(data.draw(near_misses(tag)))
