@@ -25,12 +25,16 @@ from worker.sdk import Err, Ok
 
 
 def error_from_exception(kind: str, exc: BaseException) -> ErrorInfo:
-    return ErrorInfo(
-        kind=kind,
-        type=type(exc).__name__,
-        message=str(exc),
-        traceback="".join(traceback.format_exception(exc)),
-    )
+    """Describe an exception for the wire; never raises, whatever the exception's __str__ does."""
+    try:
+        message = str(exc)
+    except Exception as str_error:
+        message = f"<unprintable {type(exc).__name__}: str() raised {type(str_error).__name__}>"
+    try:
+        trace = "".join(traceback.format_exception(exc))
+    except Exception:
+        trace = ""
+    return ErrorInfo(kind=kind, type=type(exc).__name__, message=message, traceback=trace)
 
 
 def find_unencodable(value: Any, path: str = "result") -> tuple[str, str] | None:
@@ -116,7 +120,9 @@ class Dispatcher:
     async def _run_async(self, entry: Entry, call: Call) -> None:
         try:
             value = await entry.func(**call.args)
-        except Exception as exc:
+        except asyncio.CancelledError:
+            raise  # reported by _async_done
+        except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
             self._send_value(call.call_id, value)
@@ -135,7 +141,7 @@ class Dispatcher:
             if inspect.isawaitable(value):
                 # A sync-looking wrapper around an async function: finish it on the loop.
                 value = asyncio.run_coroutine_threadsafe(_await(value), self.loop).result()
-        except Exception as exc:
+        except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
             self._send_value(call.call_id, value)

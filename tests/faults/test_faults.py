@@ -14,7 +14,6 @@ import psutil
 import pytest
 
 import protocol
-
 from supervisor import (
     CallTimeout,
     InvalidArguments,

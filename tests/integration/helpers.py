@@ -63,3 +63,16 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.02)
+
+
+def same_path(a: str | Path, b: str | Path) -> bool:
+    """Whether two paths name the same file once symlinks are resolved."""
+    return Path(a).resolve() == Path(b).resolve()
+
+
+def text_of(path: str | Path) -> str:
+    """A file's text, or "" while it does not exist yet."""
+    try:
+        return Path(path).read_text()
+    except FileNotFoundError:
+        return ""

@@ -20,6 +20,7 @@ from aiohttp import web
 
 from supervisor import EntryFailed, Supervisor
 from tests.conftest import pid_alive
+from tests.integration.helpers import same_path
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -243,11 +244,11 @@ async def test_every_seed_plugin_runs_in_its_own_worker(sup: Supervisor, seed_pl
         assert {entry.id for entry in status.entries} == entry_ids
         assert status.pid is not None and pid_alive(status.pid)
         proc = psutil.Process(status.pid)
-        assert Path(proc.cwd()).resolve() == (seed_plugins / plugin_id).resolve()
+        assert same_path(proc.cwd(), seed_plugins / plugin_id)
         assert proc.ppid() == psutil.Process().pid
         cmdline = proc.cmdline()
         assert cmdline[cmdline.index("-m") + 1] == "worker"
-        assert Path(cmdline[cmdline.index("worker") + 1]).resolve() == (seed_plugins / plugin_id).resolve()
+        assert same_path(cmdline[cmdline.index("worker") + 1], seed_plugins / plugin_id)
         pids.append(status.pid)
     assert len(set(pids)) == len(SEED_ENTRIES)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from supervisor import (
+    CallTimeout,
     EntryFailed,
     EntryNotFound,
     InvalidArguments,
@@ -24,9 +25,10 @@ from supervisor import (
     PluginNotFound,
     PluginUnavailable,
     Supervisor,
+    WorkerCrashed,
 )
 from tests.conftest import FAULT_PLUGINS, copy_plugins, pid_alive
-from tests.integration.helpers import make_plugin, wait_for
+from tests.integration.helpers import make_plugin, same_path, text_of, wait_for
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -87,6 +89,39 @@ OK_ERR = """
         @plugin_entry(id="err_exception")
         def err_exception(self, **_):
             return Err(KeyError("k"))
+"""
+
+UNANSWERED = """
+    import asyncio
+
+    from worker.sdk import NekoPluginBase, plugin_entry
+
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("str() of this exception fails")
+
+
+    class Edges(NekoPluginBase):
+        @plugin_entry(id="sys_exit")
+        def sys_exit(self, **_):
+            raise SystemExit(3)  # what sys.exit(3), or argparse on bad input, does in an entry
+
+        @plugin_entry(id="unprintable")
+        def unprintable(self, **_):
+            raise Unprintable()
+
+        @plugin_entry(id="aunprintable")
+        async def aunprintable(self, **_):
+            raise Unprintable()
+
+        @plugin_entry(id="slow_default", timeout=0.4)
+        async def slow_default(self, **_):
+            await asyncio.sleep(30)
+
+        @plugin_entry(id="ping")
+        def ping(self, **_):
+            return "pong"
 """
 
 TALKER = """
@@ -266,6 +301,46 @@ async def test_ok_and_err_results(tmp_path: Path) -> None:
         assert sup.status("itp_results").state == "running"
 
 
+async def test_entry_timeout_from_the_decorator_is_the_default(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    make_plugin(plugins, "itp_edges", {"__init__.py": UNANSWERED})
+    async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
+        info = {entry.id: entry for entry in sup.status("itp_edges").entries}
+        assert info["slow_default"].timeout == 0.4
+        assert info["ping"].timeout is None
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(CallTimeout) as caught:
+            await sup.call("itp_edges", "slow_default")  # no timeout given: the entry's 0.4 s
+        assert 0.35 < loop.time() - started < 1.0
+        assert caught.value.timeout == 0.4
+        assert isinstance(caught.value, TimeoutError)
+        assert await sup.call("itp_edges", "ping", timeout=5) == "pong"
+
+
+@pytest.mark.parametrize("entry_id", ["sys_exit", "unprintable", "aunprintable"])
+async def test_every_call_gets_an_answer_promptly_however_the_entry_ends(tmp_path: Path, entry_id: str) -> None:
+    """worker/dispatch.py: "Exactly one Result is written per Call, whatever happens".
+
+    An entry that ends by raising must be answered at once, whether as
+    EntryFailed (the worker carries on) or as WorkerCrashed (the worker exited);
+    never by the caller's own deadline running out.
+    """
+    plugins = tmp_path / "plugins"
+    make_plugin(plugins, "itp_edges", {"__init__.py": UNANSWERED})
+    async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(PluginError) as caught:
+            await sup.call("itp_edges", entry_id, timeout=2)
+        elapsed = loop.time() - started
+        assert isinstance(caught.value, EntryFailed | WorkerCrashed), f"after {elapsed:.1f} s: {caught.value!r}"
+        assert elapsed < 1.5, f"answered only after {elapsed:.1f} s"
+        if isinstance(caught.value, EntryFailed):
+            assert caught.value.type_name in {"SystemExit", "Unprintable"}
+        assert await sup.call("itp_edges", "ping", timeout=5) == "pong"
+
+
 # -- Lifecycle of one plugin --------------------------------------------------------
 async def test_stop_then_start_plugin(echo: Supervisor) -> None:
     first_pid = echo.status("echo").pid
@@ -360,6 +435,48 @@ async def test_bad_manifest_is_failed_and_names_file_and_key(echo_dir: Path, tmp
         assert await sup.call("echo", "ping", timeout=5) == "pong"
 
 
+async def test_fixed_manifest_is_read_again_by_start_plugin(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    bad = make_plugin(plugins, "itp_bad", {"__init__.py": which_plugin("Bad")}, restart="sometimes")
+    async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
+        assert sup.status("itp_bad").state == "failed"
+        with pytest.raises(PluginUnavailable) as caught:
+            await sup.start_plugin("itp_bad")
+        assert "plugin_runtime.restart" in str(caught.value)
+        manifest = bad / "plugin.toml"
+        manifest.write_text(manifest.read_text().replace('restart = "sometimes"', 'restart = "always"'))
+        await sup.start_plugin("itp_bad")
+        status = sup.status("itp_bad")
+        assert status.state == "running"
+        assert status.error is None
+        assert await sup.call("itp_bad", "which", timeout=5) == "Bad"
+
+
+async def test_duplicate_plugin_id_fails_the_second_folder(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    make_plugin(plugins, "itp_first", {"__init__.py": which_plugin("First")})
+    second = make_plugin(plugins, "itp_second", {"__init__.py": which_plugin("Second")})
+    manifest = second / "plugin.toml"
+    manifest.write_text(manifest.read_text().replace('id = "itp_second"', 'id = "itp_first"'))
+    async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
+        assert sorted(sup.plugin_ids) == ["itp_first", "itp_second"]  # the loser keeps its folder name
+        assert await sup.call("itp_first", "which", timeout=5) == "First"
+        status = sup.status("itp_second")
+        assert status.state == "failed"
+        assert status.error is not None
+        assert "plugin.id" in status.error and "duplicate" in status.error
+
+
+async def test_plugin_id_need_not_match_the_folder(tmp_path: Path) -> None:
+    plugins = tmp_path / "plugins"
+    folder = make_plugin(plugins, "itp_folder", {"__init__.py": which_plugin("Named")})
+    manifest = folder / "plugin.toml"
+    manifest.write_text(manifest.read_text().replace('id = "itp_folder"', 'id = "other-id"'))
+    async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
+        assert sup.plugin_ids == ["other-id"]
+        assert await sup.call("other-id", "which", timeout=5) == "Named"
+
+
 # -- Logs and environment -----------------------------------------------------------
 async def test_logs_hold_prints_stderr_and_log_records(tmp_path: Path) -> None:
     plugins = tmp_path / "plugins"
@@ -378,8 +495,17 @@ async def test_logs_hold_prints_stderr_and_log_records(tmp_path: Path) -> None:
 
         log_path = sup.status("itp_talker").log_path
         assert log_path is not None and Path(log_path).parent == tmp_path / "logs"
-        await wait_for(lambda: "printed meow-42" in Path(log_path).read_text())
-        assert "logged meow-42" in Path(log_path).read_text()
+        await wait_for(lambda: "printed meow-42" in text_of(log_path))
+        assert "logged meow-42" in text_of(log_path)
+
+        # One log per plugin, across its workers: the old worker's lines stay.
+        await sup.restart("itp_talker")
+        assert await sup.call("itp_talker", "talk", {"tag": "purr-43"}, timeout=5) == "purr-43"
+        await wait_for(lambda: has("printed purr-43"))
+        lines = sup.logs("itp_talker")
+        first = next(i for i, line in enumerate(lines) if "printed meow-42" in line)
+        second = next(i for i, line in enumerate(lines) if "printed purr-43" in line)
+        assert first < second
 
 
 async def test_worker_environment_drops_host_secrets(echo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -389,7 +515,7 @@ async def test_worker_environment_drops_host_secrets(echo_dir: Path, tmp_path: P
     assert "NEKO_TEST_SECRET" not in seen["env"]
     assert seen["env"]["PATH"] == os.environ["PATH"]
     assert seen["env"]["HOME"] == os.environ["HOME"]
-    assert Path(seen["cwd"]).resolve() == (echo_dir / "echo").resolve()
+    assert same_path(seen["cwd"], echo_dir / "echo")
 
 
 async def test_env_allow_passes_a_named_variable(echo_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
