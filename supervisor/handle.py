@@ -123,6 +123,7 @@ class WorkerHandle:
         self._death_error: PluginError | None = None  # what in-flight calls get instead of WorkerCrashed
         self._exited = False
         self._strays: list[Any] = []
+        self._finish_task: asyncio.Task[None] | None = None
         self._open_pipes = 0
         self._drained = asyncio.Event()
 
@@ -380,7 +381,8 @@ class WorkerHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        self._loop.create_task(self._finish(returncode))
+        # Keep a reference: the loop holds tasks weakly.
+        self._finish_task = self._loop.create_task(self._finish(returncode))
 
     async def _finish(self, returncode: int) -> None:
         # Frames and stderr written just before death may still be in the pipes.

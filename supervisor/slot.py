@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -149,7 +150,23 @@ class PluginSlot:
         self.error = None
         self._move(PluginState.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"plugin-{self.id}")
+        self._runner.add_done_callback(self._runner_done)
         await self._settled.wait()
+
+    def _runner_done(self, runner: asyncio.Task[None]) -> None:
+        # The loop must never die silently: a bug in it fails this plugin, loudly.
+        if runner.cancelled() or runner.exception() is None:
+            return
+        exc = runner.exception()
+        self.log.event(f"supervision loop crashed: {exc!r}", logging.ERROR)
+        self.error = f"internal error in the supervisor: {exc!r}"
+        if self.state is not PluginState.FAILED:
+            self.state = PluginState.FAILED  # bypasses move(): the machine itself is what broke
+            self._changed.set()
+            self._changed = asyncio.Event()
+        self._settled.set()
+        if self._handle is not None:
+            self._handle.kill("supervision loop crashed")
 
     async def stop(self) -> None:
         async with self._lifecycle_lock:
