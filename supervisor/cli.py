@@ -16,10 +16,11 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from supervisor.errors import (
     EntryNotFound,
@@ -51,13 +52,20 @@ def _positive_float(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got {text!r}")
     return value
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints the usage and then the error; the CLI promises one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="neko-supervisor", description="Run N.E.K.O plugins in isolated worker processes.")
+    parser = _OneLineParser(prog="neko-supervisor", description="Run N.E.K.O plugins in isolated worker processes.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-v: plugin output, -vv: debug)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -71,10 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("entry", metavar="ENTRY", help="entry id")
     call.add_argument("--args", default="{}", metavar="JSON", help="the arguments, a JSON object (default {})")
     call.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="call timeout in seconds")
+    for sub in (list_cmd, call):  # -v also after the subcommand
+        sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
     return parser
 
 
-async def _call(ns: argparse.Namespace) -> Any:
+async def _call(ns: argparse.Namespace) -> int:
     try:
         args = json.loads(ns.args)
     except json.JSONDecodeError as exc:
@@ -83,7 +93,18 @@ async def _call(ns: argparse.Namespace) -> Any:
         raise UsageError(f"--args must be a JSON object, got {type(args).__name__}")
     async with Supervisor(ns.plugins_dir, auto_start=False) as sup:
         await sup.start_plugin(ns.plugin)
-        return await sup.call(ns.plugin, ns.entry, args, timeout=ns.timeout)
+        try:
+            value = await sup.call(ns.plugin, ns.entry, args, timeout=ns.timeout)
+        except PluginError as exc:
+            # Answer now: stopping a hung worker can take until its kill.
+            return _report(exc)
+        try:
+            text = json.dumps(value, default=_json_default, ensure_ascii=False)
+        except TypeError as exc:  # a value JSON cannot print
+            print(f"neko-supervisor: error: the value cannot be printed as JSON: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        print(text, flush=True)
+        return 0
 
 
 async def _list(ns: argparse.Namespace) -> list[dict[str, Any]]:
@@ -123,35 +144,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(ns.verbose, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    if not ns.verbose:
+        # Plugin output is in each plugin's log file; on the terminal only with -v.
+        logging.getLogger("supervisor.plugin").setLevel(logging.CRITICAL + 1)
     try:
         if ns.command == "call":
-            value = asyncio.run(_call(ns))
-            print(json.dumps(value, default=_json_default, ensure_ascii=False))
+            return asyncio.run(_call(ns))
+        rows = asyncio.run(_list(ns))
+        if ns.json:
+            print(json.dumps(rows, indent=2))
         else:
-            rows = asyncio.run(_list(ns))
-            if ns.json:
-                print(json.dumps(rows, indent=2))
-            else:
-                _print_table(rows)
+            _print_table(rows)
     except UsageError as exc:
         print(f"neko-supervisor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except USAGE_ERRORS as exc:
-        print(f"neko-supervisor: error: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_USAGE
     except PluginError as exc:
-        print(f"neko-supervisor: {type(exc).__name__}: {_one_line(exc)}", file=sys.stderr)
-        return EXIT_FAILED
-    except TypeError as exc:  # a value JSON cannot print
-        print(f"neko-supervisor: error: the value cannot be printed as JSON: {exc}", file=sys.stderr)
-        return EXIT_FAILED
+        return _report(exc)
     except KeyboardInterrupt:
         return 130
     return 0
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n", 1)[0].split())
+def _report(exc: PluginError) -> int:
+    """One line on stderr; the exit code for it."""
+    text = " ".join(str(exc).split("\n", 1)[0].split())
+    if isinstance(exc, USAGE_ERRORS):
+        print(f"neko-supervisor: error: {text}", file=sys.stderr)
+        return EXIT_USAGE
+    name = type(exc).__name__
+    print(f"neko-supervisor: {text if text.startswith(name) else f'{name}: {text}'}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 if __name__ == "__main__":

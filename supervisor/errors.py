@@ -110,8 +110,9 @@ class WorkerCrashed(PluginError):
         text = f"plugin {plugin_id!r}: {what}"
         if detail:
             text += f": {detail}"
-        if self.stderr_tail:
-            text += "\n  stderr: " + "\n  stderr: ".join(self.stderr_tail[-10:])
+        excerpt = stderr_excerpt(self.stderr_tail)
+        if excerpt:
+            text += "\n  stderr: " + "\n  stderr: ".join(excerpt)
         super().__init__(text)
 
     @property
@@ -121,6 +122,15 @@ class WorkerCrashed(PluginError):
     @property
     def signal(self) -> int | None:
         return self.exit.signal if self.exit else None
+
+
+def stderr_excerpt(lines: list[str], limit: int = 12) -> list[str]:
+    """The informative part of a dying worker's stderr: from the last traceback or
+    fatal-error header if there is one (that is where the fault is named), else the end."""
+    for index in range(len(lines) - 1, -1, -1):
+        if lines[index].startswith(("Fatal Python error", "Traceback (most recent call last)")):
+            return lines[index : index + limit]
+    return lines[-limit:]
 
 
 class PluginUnavailable(PluginError):

@@ -18,7 +18,7 @@ import signal
 import subprocess
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,8 +96,10 @@ class WorkerHandle:
         *,
         env: dict[str, str],
         max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
+        on_death: Callable[[WorkerHandle, ExitInfo], None] | None = None,
     ) -> None:
         self.manifest = manifest
+        self._on_death = on_death
         self.plugin_id = manifest.id
         self.log = log
         self.token = uuid.uuid4().hex
@@ -403,6 +405,12 @@ class WorkerHandle:
             self._move(WorkerState.DEAD)
         self.log.end_stderr()
         self.log.event(self.exit.describe())
+        if self._on_death is not None:
+            # Before the callers hear of it, so the slot's status is already current.
+            try:
+                self._on_death(self, self.exit)
+            except Exception:  # the callers below must be answered whatever happens
+                self.log.logger.exception("on_death callback failed")
         for transport in self._transports:
             transport.close()
         for call_id, pending in list(self._pending.items()):

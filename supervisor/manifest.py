@@ -179,8 +179,10 @@ def discover(plugins_dir: Path) -> list[Discovered]:
     the folder name (made unique) since its id may be unreadable. A duplicate id
     is an error on every folder after the first that claims it.
     """
-    if not plugins_dir.is_dir():
+    if not plugins_dir.exists():
         raise ManifestError(str(plugins_dir), None, "plugins directory does not exist")
+    if not plugins_dir.is_dir():
+        raise ManifestError(str(plugins_dir), None, "is not a directory (give the folder that holds the plugin folders)")
     loaded: list[tuple[Path, Manifest | ManifestError]] = []
     owners: dict[str, Path] = {}
     for path in sorted(plugins_dir.glob(f"*/{MANIFEST_NAME}")):

@@ -212,13 +212,12 @@ class PluginSlot:
         """The slot's supervision loop: one iteration per worker."""
         assert self.manifest is not None
         runtime = self.manifest.runtime
-        first = True
         while True:
-            if not first:
-                self.restarts += 1
-            first = False
             self._move(PluginState.STARTING)
-            handle = WorkerHandle(self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size)
+            handle = WorkerHandle(
+                self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
+                on_death=self._worker_died,
+            )
             self._handle = handle
             try:
                 await handle.start()
@@ -234,28 +233,39 @@ class PluginSlot:
                     return
                 self._move(PluginState.BACKOFF)
                 await asyncio.sleep(self._backoff.next_delay())
+                self.restarts += 1
                 continue
             self._backoff.reset()
             self._entries = handle.entries
             self.error = None
             self._move(PluginState.RUNNING)
             self._settled.set()
-            exit_info = await handle.wait_dead()
-            self.last_exit = exit_info
-            if self._stop_requested:
+            await handle.wait_dead()
+            # _worker_died has already decided: STARTING means "go again".
+            if self._stop_requested or self.state is not PluginState.STARTING:
                 return
-            clean = exit_info.returncode == 0 and not exit_info.reason.startswith("killed")
-            if runtime.restart == "never" or (runtime.restart == "on-failure" and clean and exit_info.reason == "exited"):
-                if clean:
-                    self._move(PluginState.STOPPED)
-                else:
-                    self._give_up(f"{exit_info.describe()}; restart policy is 'never'")
-                return
-            if not self._budget.record_crash():
-                self._give_up(
-                    f"{exit_info.describe()}; more than {runtime.max_restarts} crashes within {runtime.restart_window:g} s"
-                )
-                return
+
+    def _worker_died(self, handle: WorkerHandle, exit_info: ExitInfo) -> None:
+        """Called by a handle the moment its worker is found dead, before any caller hears of it,
+        so `status()` is already up to date when a call fails with WorkerCrashed."""
+        if handle is not self._handle or handle.started_at is None:
+            return  # a failed start: the loop in _run handles it
+        self.last_exit = exit_info
+        if self._stop_requested or self.manifest is None:
+            return
+        runtime = self.manifest.runtime
+        clean = exit_info.returncode == 0 and exit_info.reason == "exited"
+        if runtime.restart == "never" or (runtime.restart == "on-failure" and clean):
+            if clean:
+                self._move(PluginState.STOPPED)
+            else:
+                self._give_up(f"{exit_info.describe()}; restart policy is 'never'")
+            return
+        if not self._budget.record_crash():
+            self._give_up(f"{exit_info.describe()}; more than {runtime.max_restarts} crashes within {runtime.restart_window:g} s")
+            return
+        self.restarts += 1
+        self._move(PluginState.STARTING)
 
     def _give_up(self, reason: str) -> None:
         self.error = reason if not self.error else f"{reason}: {self.error}"

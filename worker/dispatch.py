@@ -85,7 +85,7 @@ class Dispatcher:
         try:
             entry.signature.bind(**call.args)
         except TypeError as exc:
-            self.send_error(call.call_id, error=ErrorInfo("invalid_arguments", "InvalidArguments", f"{entry.id}: {exc}"))
+            self.send_error(call.call_id, error=ErrorInfo("invalid_arguments", "InvalidArguments", str(exc)))
             return
         self._idle.clear()
         if entry.is_async:
@@ -158,7 +158,7 @@ class Dispatcher:
         except (TypeError, ValueError, OverflowError) as exc:
             where = find_unencodable(value)
             what = f"{where[0]} is of type {where[1]!r}" if where else str(exc)
-            self.send_error(call_id, error=ErrorInfo("unserializable", "UnserializableResult", f"the result cannot be encoded: {what}"))
+            self.send_error(call_id, error=ErrorInfo("unserializable", "ResultNotSerializable", f"the result cannot be encoded: {what}"))
             return
         except ProtocolError as exc:
             self.send_error(call_id, error=ErrorInfo("unserializable", "ResultTooLarge", str(exc)))

@@ -51,6 +51,11 @@ async def test_crash_fails_the_call_at_once_and_the_plugin_restarts(tmp_path: Pa
         assert time.monotonic() - started < 2.0
         assert caught.value.returncode == 7
         assert "exited with code 7" in str(caught.value)
+        # The status is current by the time the caller hears of the crash.
+        right_after = sup.status("crash")
+        assert right_after.state in ("starting", "running")
+        assert right_after.restarts == 1
+        assert right_after.last_exit is not None and right_after.last_exit.returncode == 7
         assert await sup.call("crash", "ping", timeout=10) == "pong"
         stop.set()
         assert await others > 0

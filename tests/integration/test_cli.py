@@ -47,7 +47,7 @@ def test_call_keeps_plugin_output_off_stdout(tmp_path: Path) -> None:
         (["persistent", "save", "--args", "{bad"], "--args is not valid JSON"),
         (["persistent", "save", "--args", "[1, 2]"], "--args must be a JSON object"),
         (["persistent", "save", "--args", '{"key": "k"}'], "missing a required argument: 'value'"),
-        (["persistent", "save", "--timeout", "-1"], "--timeout: must be greater than 0"),
+        (["persistent", "save", "--timeout", "-1"], "--timeout: must be a finite number greater than 0"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(plugins: Path, args: list[str], message: str) -> None:
