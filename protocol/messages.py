@@ -166,8 +166,10 @@ class Pong:
 
 @dataclass(frozen=True, slots=True)
 class Shutdown:
+    grace: float = 0.0  # seconds the worker may wait for calls in flight before its shutdown hooks
+
     def to_wire(self) -> list[Any]:
-        return ["shutdown"]
+        return ["shutdown", self.grace]
 
 
 Message = Hello | Ready | Fatal | Call | Result | Cancel | Log | Ping | Pong | Shutdown
@@ -242,8 +244,11 @@ def _decode_pong(obj: list[Any]) -> Pong:
 
 
 def _decode_shutdown(obj: list[Any]) -> Shutdown:
-    _arity(obj, 1)
-    return Shutdown()
+    _arity(obj, 2)
+    grace = _expect(obj[1], (int, float), "shutdown.grace")
+    if not grace >= 0:  # also rejects NaN
+        raise ProtocolError(f"shutdown.grace must be >= 0, got {grace!r}")
+    return Shutdown(float(grace))
 
 
 _DECODERS = {

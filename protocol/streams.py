@@ -7,6 +7,7 @@ use these to move `Message`s over a pipe.
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -73,26 +74,45 @@ class MessageProtocol(asyncio.Protocol):
 
 
 class BlockingWriter:
-    """Writes whole frames to a blocking fd; safe to call from any thread.
+    """Writes whole frames to a blocking fd; safe to call from any thread, and
+    from a signal handler that interrupts a write on the same thread.
 
     The lock keeps frames from different threads from interleaving; the frame
-    is built before the lock is taken so encoding runs in parallel.
+    is built before the lock is taken so encoding runs in parallel. A signal
+    handler that logs while its own thread holds the lock would deadlock on a
+    plain lock and corrupt the stream with a reentrant one, so its frame is
+    queued instead, and the interrupted writer sends it right after its own.
     """
 
     def __init__(self, fd: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.fd = fd
         self.max_frame_size = max_frame_size
         self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._deferred: collections.deque[bytes] = collections.deque()
 
     def send(self, message: Message) -> None:
         self.write_frame(encode_message(message, self.max_frame_size))
 
     def write_frame(self, data: bytes) -> None:
-        view = memoryview(data)
+        me = threading.get_ident()
+        if self._owner == me:
+            self._deferred.append(data)  # re-entered from a signal handler mid-write
+            return
         with self._lock:
-            while view:
-                written = os.write(self.fd, view)
-                view = view[written:]
+            self._owner = me
+            try:
+                self._write_all(data)
+                while self._deferred:
+                    self._write_all(self._deferred.popleft())
+            finally:
+                self._owner = None
+
+    def _write_all(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
 
 
 def read_messages(fd: int, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> Iterator[Message]:

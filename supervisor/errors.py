@@ -160,9 +160,3 @@ class ManifestError(PluginError, ValueError):
 
 class ProtocolError(PluginError, protocol.ProtocolError):
     """The worker broke the protocol; also a `protocol.ProtocolError`."""
-
-
-def translate_protocol_error(exc: protocol.ProtocolError) -> ProtocolError:
-    if isinstance(exc, ProtocolError):
-        return exc
-    return ProtocolError(str(exc))

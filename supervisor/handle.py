@@ -50,6 +50,7 @@ from supervisor.errors import (
     ProtocolError,
     ResultNotSerializable,
     WorkerCrashed,
+    stderr_excerpt,
 )
 from supervisor.lifecycle import WORKER_MOVES, WorkerState, check_move
 from supervisor.logs import PluginLog
@@ -120,12 +121,11 @@ class WorkerHandle:
         self._pending: dict[int, _Pending] = {}
         self._abandoned: dict[int, asyncio.TimerHandle | None] = {}
         self._next_id = 0
-        self._pings: dict[int, asyncio.Future[None]] = {}
         self._death_reason = ""
         self._death_error: PluginError | None = None  # what in-flight calls get instead of WorkerCrashed
         self._exited = False
-        self._strays: list[Any] = []
         self._finish_task: asyncio.Task[None] | None = None
+        self._stopper: asyncio.Task[ExitInfo] | None = None
         self._open_pipes = 0
         self._drained = asyncio.Event()
 
@@ -141,6 +141,11 @@ class WorkerHandle:
     @property
     def alive(self) -> bool:
         return self.state is not WorkerState.DEAD
+
+    @property
+    def usable(self) -> bool:
+        """Ready, and not yet seen to exit (the handle turns DEAD a little after the process does)."""
+        return self.state is WorkerState.READY and not self._exited
 
     def _move(self, new: WorkerState) -> None:
         self.state = check_move(WORKER_MOVES, self.state, new)
@@ -158,8 +163,8 @@ class WorkerHandle:
             self._move(WorkerState.DEAD)
             self._dead.set_result(ExitInfo(0, None, f"spawn failed: {exc}"))
             raise StartFailed(f"cannot spawn the worker: {exc}") from exc
-        self.log.new_worker(self._proc.pid)
         try:
+            self.log.new_worker(self._proc.pid)
             await self._connect()
             async with asyncio.timeout(self.manifest.runtime.timeout):
                 await asyncio.shield(self._handshake)
@@ -200,8 +205,8 @@ class WorkerHandle:
     # -- calls --------------------------------------------------------------
     def send_call(self, entry_id: str, args: Mapping[str, Any]) -> tuple[int, asyncio.Future[Any]]:
         """Send one call; the future resolves to the entry's value or a PluginError."""
-        if self.state is not WorkerState.READY:
-            raise PluginUnavailable(self.plugin_id, f"worker is {self.state.value}")
+        if not self.usable:
+            raise PluginUnavailable(self.plugin_id, f"worker is {'exiting' if self._exited else self.state.value}")
         self._next_id += 1
         call_id = self._next_id
         try:
@@ -227,34 +232,33 @@ class WorkerHandle:
         )
 
     def _kill_for_hang(self, call_id: int, grace: float) -> None:
-        self._abandoned.pop(call_id, None)
+        # Keep the id: a result racing the kill is a late answer, not a violation.
+        self._abandoned[call_id] = None
         if self.alive:
             self.kill(f"a call did not stop within {grace:g} s of its timeout")
-
-    async def ping(self, timeout: float) -> None:
-        nonce = len(self._pings) + 1
-        while nonce in self._pings:
-            nonce += 1
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._pings[nonce] = waiter
-        try:
-            self._send(Ping(nonce))
-            async with asyncio.timeout(timeout):
-                await waiter
-        finally:
-            self._pings.pop(nonce, None)
 
     # -- stop / kill --------------------------------------------------------
     async def stop(self, shutdown_timeout: float) -> ExitInfo:
         """Graceful: shutdown message, then SIGTERM after `shutdown_timeout`, then
-        SIGKILL 2 s later, to the whole tree. Returns how the worker ended."""
+        SIGKILL 2 s later, to the whole tree. Returns how the worker ended.
+
+        The escalation runs in its own task: a caller that is cancelled (a client
+        that hung up) does not leave the worker half-stopped, and a second
+        `stop()` joins the first.
+        """
+        if self._stopper is None:
+            self._stopper = self._loop.create_task(self._stop_sequence(shutdown_timeout))
+        return await asyncio.shield(self._stopper)
+
+    async def _stop_sequence(self, shutdown_timeout: float) -> ExitInfo:
         if self.state is WorkerState.DEAD:
             return await self.wait_dead()
         if self.state is WorkerState.STARTING:
             return await self._kill_and_wait("stopped while starting")
         self._move(WorkerState.STOPPING)
         self._death_reason = "stopped"
-        self._send(Shutdown())
+        # The worker gets half the time for calls in flight, then runs its shutdown hooks.
+        self._send(Shutdown(shutdown_timeout / 2))
         if await self._wait_dead_for(shutdown_timeout):
             return await self.wait_dead()
         self.log.event(f"worker {self.pid} did not exit within {shutdown_timeout:g} s of shutdown; sending SIGTERM")
@@ -290,7 +294,9 @@ class WorkerHandle:
     def _signal(self, sig: int) -> None:
         if self._proc is None or self._exited:
             return
-        process.signal_tree(self._proc.pid, self._pidfd, sig, self.token if sig == signal.SIGKILL else None)
+        # The worker and its process group now; descendants that left the group
+        # are found by their tag once the worker is dead (see _finish).
+        process.signal_group(self._proc.pid, self._pidfd, sig)
 
     def _send(self, message: Message) -> None:
         if self._stdin is not None and not self._stdin.is_closing():
@@ -305,9 +311,7 @@ class WorkerHandle:
         elif isinstance(message, Log):
             self.log.record(message.level, message.logger, message.text)
         elif isinstance(message, Pong):
-            waiter = self._pings.get(message.nonce)
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            pass  # the supervisor sends no pings yet; an answer to one is harmless
         elif isinstance(message, Ping):
             self._send(Pong(message.nonce))
         elif isinstance(message, Hello) and not self._hello:
@@ -377,8 +381,8 @@ class WorkerHandle:
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
         # The worker is a zombie until reaped, so its process group id is still
-        # ours: clear out whatever it left behind, then reap it.
-        self._strays = process.signal_tree(self._proc.pid, None, signal.SIGKILL, self.token)
+        # ours: kill what is left in the group, then reap.
+        process.signal_group(self._proc.pid, None, signal.SIGKILL)
         returncode = self._proc.wait()
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -387,52 +391,66 @@ class WorkerHandle:
         self._finish_task = self._loop.create_task(self._finish(returncode))
 
     async def _finish(self, returncode: int) -> None:
+        """Tell everyone the worker is dead. `_dead` is resolved whatever goes wrong here."""
+        assert self._proc is not None
+        self.exit = ExitInfo(self._proc.pid, returncode, self._death_reason or ("exited" if returncode == 0 else "crashed"))
+        try:
+            await self._collect_remains()
+            was_stopping = self.state is WorkerState.STOPPING
+            if self.state is not WorkerState.DEAD:
+                self._move(WorkerState.DEAD)
+            self.log.end_stderr()
+            self.log.event(self.exit.describe())
+            if self._on_death is not None:
+                # Before the callers hear of it, so the slot's status is already current.
+                try:
+                    self._on_death(self, self.exit)
+                except Exception:  # the callers below must be answered whatever happens
+                    self.log.logger.exception("on_death callback failed")
+            self._answer_everyone(was_stopping)
+        finally:
+            if self.state is not WorkerState.DEAD:
+                self._move(WorkerState.DEAD)
+            for transport in self._transports:
+                transport.close()
+            self._dead.set_result(self.exit)
+
+    async def _collect_remains(self) -> None:
         # Frames and stderr written just before death may still be in the pipes.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PIPE_DRAIN_TIMEOUT):
                 await self._drained.wait()
-        # SIGKILL is delivered asynchronously: make sure the strays are really
-        # gone before anyone is told this worker is dead.
+        # Descendants that left the process group (setsid, double fork) still carry
+        # the worker's tag. The scan reads every process's environment: off the loop.
+        strays = await asyncio.to_thread(process.kill_tagged, self.token)
+        # SIGKILL is delivered asynchronously: make sure they are really gone
+        # before anyone is told this worker is dead.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STRAY_KILL_TIMEOUT):
-                while not all(process.gone(p) for p in self._strays):  # noqa: ASYNC110 - no event exists for a non-child's death
+                while not all(process.gone(p) for p in strays):  # noqa: ASYNC110 - no event exists for a non-child's death
                     await asyncio.sleep(0.005)
-        assert self._proc is not None
-        reason = self._death_reason or ("exited" if returncode == 0 else "crashed")
-        self.exit = ExitInfo(self._proc.pid, returncode, reason)
-        was_stopping = self.state is WorkerState.STOPPING
-        if self.state is not WorkerState.DEAD:
-            self._move(WorkerState.DEAD)
-        self.log.end_stderr()
-        self.log.event(self.exit.describe())
-        if self._on_death is not None:
-            # Before the callers hear of it, so the slot's status is already current.
-            try:
-                self._on_death(self, self.exit)
-            except Exception:  # the callers below must be answered whatever happens
-                self.log.logger.exception("on_death callback failed")
-        for transport in self._transports:
-            transport.close()
-        for call_id, pending in list(self._pending.items()):
+
+    def _answer_everyone(self, was_stopping: bool) -> None:
+        assert self.exit is not None
+        for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(self._death_error_for(was_stopping))
-            del self._pending[call_id]
+        self._pending.clear()
         for timer in self._abandoned.values():
             if timer is not None:
                 timer.cancel()
         self._abandoned.clear()
-        for waiter in self._pings.values():
-            if not waiter.done():
-                waiter.set_exception(self._death_error_for(was_stopping))
         if not self._handshake.done():
-            self._handshake.set_exception(StartFailed(f"the worker died during start-up: {self.exit.describe()}", exit=self.exit))
-        # Nobody may be awaiting the handshake (a crash right after it): mark it read.
-        if self._handshake.done() and not self._handshake.cancelled():
-            self._handshake.exception()
-        for waiter in self._pings.values():
-            if waiter.done() and not waiter.cancelled():
-                waiter.exception()
-        self._dead.set_result(self.exit)
+            # No `fatal` came: the stderr is all we have (a segfault at import, os._exit in __init__).
+            self._handshake.set_exception(
+                StartFailed(
+                    f"the worker died during start-up: {self.exit.describe()}",
+                    "\n".join(stderr_excerpt(self.log.stderr_tail(), limit=40)),
+                    exit=self.exit,
+                )
+            )
+        if not self._handshake.cancelled():
+            self._handshake.exception()  # mark it read: nobody may be waiting for it any more
 
     def _death_error_for(self, was_stopping: bool) -> PluginError:
         if self._death_error is not None:

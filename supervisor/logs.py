@@ -9,6 +9,7 @@ into pieces rather than buffered without bound (a 200 kB line must not break it)
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -106,6 +107,20 @@ class PluginLog:
     def _write_file(self, data: bytes) -> None:
         if self.path is None:
             return
+        try:
+            self._write_file_or_raise(data)
+        except OSError as exc:
+            # A full disk or an unwritable log_dir must not stop the plugin (or
+            # hang the supervisor): keep the in-memory tail, say so once.
+            self.logger.warning("cannot write %s (%s); keeping this plugin's log in memory only", self.path, exc)
+            self.path = None
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
+
+    def _write_file_or_raise(self, data: bytes) -> None:
+        assert self.path is not None
         if self._file is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the log

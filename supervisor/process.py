@@ -98,25 +98,12 @@ def tagged(token: str) -> list[psutil.Process]:
     return found
 
 
-def descendants(pid: int) -> list[psutil.Process]:
-    """The worker's live descendants, including ones that left its process group."""
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def signal_tree(pid: int, pidfd: int | None, sig: int, token: str | None = None) -> list[psutil.Process]:
-    """Send `sig` to the worker, its process group, its descendants, and (with
-    `token`) every process carrying the worker's tag.
+def signal_group(pid: int, pidfd: int | None, sig: int) -> None:
+    """Send `sig` to the worker and its process group.
 
     Call it while the worker is not yet reaped: its pid, and so its process
-    group id, cannot be reused until then. Returns the other processes signalled.
+    group id, cannot be reused until then.
     """
-    others = descendants(pid) + (tagged(token) if token else [])
-    for child in others:
-        with contextlib.suppress(psutil.Error):
-            child.send_signal(sig)
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
     if pidfd is not None:
@@ -125,7 +112,15 @@ def signal_tree(pid: int, pidfd: int | None, sig: int, token: str | None = None)
     else:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, sig)
-    return others
+
+
+def kill_tagged(token: str) -> list[psutil.Process]:
+    """SIGKILL every process carrying the worker's tag; returns them."""
+    found = tagged(token)
+    for proc in found:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return found
 
 
 def gone(proc: psutil.Process) -> bool:

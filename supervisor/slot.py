@@ -91,20 +91,23 @@ class PluginSlot:
         self._changed = asyncio.Event()
         self._settled = asyncio.Event()
         self._stop_requested = False
-        runtime = manifest.runtime if manifest else None
-        self._places = asyncio.Semaphore(runtime.max_concurrency if runtime else 1)
         self._queued = 0
-        self._budget = RestartBudget(runtime.max_restarts if runtime else 0, runtime.restart_window if runtime else 60.0, options.clock)
         self._backoff = Backoff()
+        self._apply_runtime()
         if error is not None:
             self._move(PluginState.FAILED)
         self._lifecycle_lock = asyncio.Lock()
+        self._stopping: asyncio.Task[None] | None = None
 
     # -- state ----------------------------------------------------------------
     def _move(self, new: PluginState) -> None:
         if new is self.state:
             return
         self.state = check_move(PLUGIN_MOVES, self.state, new)
+        self._notify()
+
+    def _notify(self) -> None:
+        """Wake everyone waiting for a state change (each waits on the event of its time)."""
         self._changed.set()
         self._changed = asyncio.Event()
 
@@ -133,65 +136,78 @@ class PluginSlot:
 
     # -- lifecycle --------------------------------------------------------------
     async def start(self) -> None:
-        """Start the plugin; returns once it is running or its first start failed."""
-        async with self._lifecycle_lock:
-            await self._start_locked()
+        """Start the plugin; returns once it is running or its first start failed.
 
-    async def _start_locked(self) -> None:
+        Starting from `failed` resets the restart budget: it is an operator's
+        decision to try again. The lock covers only the decision, so `stop()`
+        can interrupt a slow start.
+        """
+        async with self._lifecycle_lock:
+            settled = self._begin_start()
+        await settled.wait()
+
+    def _begin_start(self) -> asyncio.Event:
         if self._runner is not None and not self._runner.done():
-            return
+            return self._settled
         if self.manifest is None:
             self._reload_manifest()  # a broken plugin.toml may have been fixed since
         assert self.manifest is not None
         if not self.manifest.runtime.enabled:
             raise PluginUnavailable(self.id, f"disabled in {self.manifest.path} (plugin_runtime.enabled = false)")
+        if self.state is PluginState.FAILED:
+            self._budget.reset()
+            self._backoff.reset()
         self._stop_requested = False
         self._settled = asyncio.Event()
         self.error = None
         self._move(PluginState.STARTING)
         self._runner = asyncio.create_task(self._run(), name=f"plugin-{self.id}")
         self._runner.add_done_callback(self._runner_done)
-        await self._settled.wait()
+        return self._settled
 
     def _runner_done(self, runner: asyncio.Task[None]) -> None:
         # The loop must never die silently: a bug in it fails this plugin, loudly.
         if runner.cancelled() or runner.exception() is None:
             return
         exc = runner.exception()
-        self.log.event(f"supervision loop crashed: {exc!r}", logging.ERROR)
+        self._settled.set()
         self.error = f"internal error in the supervisor: {exc!r}"
         if self.state is not PluginState.FAILED:
-            self.state = PluginState.FAILED  # bypasses move(): the machine itself is what broke
-            self._changed.set()
-            self._changed = asyncio.Event()
-        self._settled.set()
+            self.state = PluginState.FAILED  # bypasses _move(): the machine itself is what broke
+            self._notify()
         if self._handle is not None:
             self._handle.kill("supervision loop crashed")
+        self.log.event(f"supervision loop crashed: {exc!r}", logging.ERROR)
 
     async def stop(self) -> None:
-        async with self._lifecycle_lock:
-            await self._stop_locked()
+        """Stop the plugin's worker gracefully. Runs to the end even if the caller
+        is cancelled (a client that hung up must not leave a worker half-stopped);
+        concurrent calls join the same stop."""
+        if self._stopping is None or self._stopping.done():
+            self._stopping = asyncio.create_task(self._stop_under_lock(), name=f"stop-{self.id}")
+        await asyncio.shield(self._stopping)
 
-    async def _stop_locked(self) -> None:
-        self._stop_requested = True
-        handle, runner = self._handle, self._runner
-        if handle is not None and handle.alive and self.manifest is not None:
-            await handle.stop(self.manifest.runtime.shutdown_timeout)
-        if runner is not None and not runner.done():
-            runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await runner
-        self._runner = None
-        if self.state is not PluginState.STOPPED and not (self.state is PluginState.FAILED and self.manifest is None):
-            self._move(PluginState.STOPPED)
+    async def _stop_under_lock(self) -> None:
+        async with self._lifecycle_lock:
+            self._stop_requested = True
+            self._settled.set()  # nobody waits for a start that is being stopped
+            handle, runner = self._handle, self._runner
+            if handle is not None and handle.alive and self.manifest is not None:
+                await handle.stop(self.manifest.runtime.shutdown_timeout)
+            if runner is not None and not runner.done():
+                runner.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await runner
+            self._runner = None
+            if self.state is not PluginState.STOPPED and not (self.state is PluginState.FAILED and self.manifest is None):
+                self._move(PluginState.STOPPED)
 
     async def restart(self) -> None:
         """Stop, reset the restart budget, start again (also from `failed`)."""
-        async with self._lifecycle_lock:
-            await self._stop_locked()
-            self._budget.reset()
-            self._backoff.reset()
-            await self._start_locked()
+        await self.stop()
+        self._budget.reset()
+        self._backoff.reset()
+        await self.start()
 
     def close(self) -> None:
         self.log.close()
@@ -204,9 +220,13 @@ class PluginSlot:
             raise PluginUnavailable(self.id, str(exc)) from exc
         if self.manifest.id != self.id:
             raise PluginUnavailable(self.id, f"plugin.id changed to {self.manifest.id!r}; restart the supervisor")
-        runtime = self.manifest.runtime
-        self._places = asyncio.Semaphore(runtime.max_concurrency)
-        self._budget = RestartBudget(runtime.max_restarts, runtime.restart_window, self.options.clock)
+        self._apply_runtime()
+
+    def _apply_runtime(self) -> None:
+        """Concurrency places and restart budget, from the manifest (none while it is broken)."""
+        runtime = self.manifest.runtime if self.manifest else None
+        self._places = asyncio.Semaphore(runtime.max_concurrency if runtime else 1)
+        self._budget = RestartBudget(runtime.max_restarts if runtime else 0, runtime.restart_window if runtime else 60.0, self.options.clock)
 
     async def _run(self) -> None:
         """The slot's supervision loop: one iteration per worker."""
@@ -254,7 +274,7 @@ class PluginSlot:
         if self._stop_requested or self.manifest is None:
             return
         runtime = self.manifest.runtime
-        clean = exit_info.returncode == 0 and exit_info.reason == "exited"
+        clean = exit_info.reason == "exited"  # exit code 0, not killed by us, no protocol violation
         if runtime.restart == "never" or (runtime.restart == "on-failure" and clean):
             if clean:
                 self._move(PluginState.STOPPED)
@@ -334,7 +354,7 @@ class PluginSlot:
         """Wait until a worker is ready (through starts and restarts), or raise if the plugin is gone."""
         while True:
             handle = self._handle
-            if self.state is PluginState.RUNNING and handle is not None and handle.state.value == "ready":
+            if self.state is PluginState.RUNNING and handle is not None and handle.usable:
                 return handle
             if self.state in (PluginState.FAILED, PluginState.STOPPED):
                 raise PluginUnavailable(self.id, self._unavailable_reason())

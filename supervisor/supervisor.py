@@ -98,14 +98,21 @@ class Supervisor:
         for found in discover(self.plugins_dir):
             self._slots[found.id] = PluginSlot(found.id, found.folder, found.manifest, found.error, self._options)
         self._started = True
-        if self.auto_start:
-            starts = [
-                slot.start()
-                for slot in self._slots.values()
-                if slot.manifest is not None and slot.manifest.runtime.enabled and slot.manifest.runtime.auto_start
-            ]
+        if not self.auto_start:
+            return
+        starts = [
+            slot.start()
+            for slot in self._slots.values()
+            if slot.manifest is not None and slot.manifest.runtime.enabled and slot.manifest.runtime.auto_start
+        ]
+        try:
             # A start that raises (it should not) must not stop the others.
             await asyncio.gather(*starts, return_exceptions=True)
+        except BaseException:
+            # Cancelled while starting (`async with` never reaches __aexit__):
+            # leave no worker behind.
+            await asyncio.shield(self.stop())
+            raise
 
     async def stop(self) -> None:
         """Stop every plugin concurrently (shutdown hooks, then SIGTERM, then SIGKILL)."""

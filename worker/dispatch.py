@@ -37,21 +37,25 @@ def error_from_exception(kind: str, exc: BaseException) -> ErrorInfo:
     return ErrorInfo(kind=kind, type=type(exc).__name__, message=message, traceback=trace)
 
 
-def find_unencodable(value: Any, path: str = "result") -> tuple[str, str] | None:
+def find_unencodable(value: Any, path: str = "result", _seen: frozenset[int] = frozenset()) -> tuple[str, str] | None:
     """(path, type name) of the first value msgpack cannot encode, if any."""
+    if id(value) in _seen:
+        return path, f"{type(value).__name__} (a reference cycle)"
     if value is None or isinstance(value, bool | int | float | str | bytes | bytearray | memoryview):
         if isinstance(value, int) and not -(2**63) <= value < 2**64:
             return path, "int (out of the 64-bit range)"
         return None
+    if isinstance(value, list | tuple | dict):
+        _seen = _seen | {id(value)}
     if isinstance(value, list | tuple):
         for index, item in enumerate(value):
-            found = find_unencodable(item, f"{path}[{index}]")
+            found = find_unencodable(item, f"{path}[{index}]", _seen)
             if found:
                 return found
         return None
     if isinstance(value, dict):
         for key, item in value.items():
-            found = find_unencodable(key, f"{path} key {key!r}") or find_unencodable(item, f"{path}[{key!r}]")
+            found = find_unencodable(key, f"{path} key {key!r}", _seen) or find_unencodable(item, f"{path}[{key!r}]", _seen)
             if found:
                 return found
         return None
@@ -109,6 +113,11 @@ class Dispatcher:
         # A sync entry already running cannot be interrupted; the supervisor
         # kills the worker if it does not finish within its grace period.
 
+    def cancel_all(self) -> None:
+        """Cancel every call in flight that can be cancelled (each still gets its answer)."""
+        for call_id in list(self.in_flight):
+            self.cancel(call_id)
+
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
@@ -156,7 +165,10 @@ class Dispatcher:
         try:
             data = encode_message(Result(call_id, True, value), self.writer.max_frame_size)
         except (TypeError, ValueError, OverflowError) as exc:
-            where = find_unencodable(value)
+            try:
+                where = find_unencodable(value)
+            except RecursionError:  # nested deeper than Python's stack
+                where = None
             what = f"{where[0]} is of type {where[1]!r}" if where else str(exc)
             self.send_error(call_id, error=ErrorInfo("unserializable", "ResultNotSerializable", f"the result cannot be encoded: {what}"))
             return
@@ -166,7 +178,18 @@ class Dispatcher:
         self.writer.write_frame(data)
 
     def send_error(self, call_id: int, *, error: ErrorInfo) -> None:
-        self.writer.send(Result(call_id, False, None, error))
+        try:
+            data = encode_message(Result(call_id, False, None, error), self.writer.max_frame_size)
+        except (TypeError, ValueError, ProtocolError):
+            # A message with lone surrogates, or a traceback over the frame limit:
+            # the caller still gets an answer, in text that always encodes.
+            safe = ErrorInfo(error.kind, _safe_text(error.type), _safe_text(error.message)[:65536], _safe_text(error.traceback)[-65536:])
+            data = encode_message(Result(call_id, False, None, safe), self.writer.max_frame_size)
+        self.writer.write_frame(data)
+
+
+def _safe_text(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 async def _await(awaitable: Any) -> Any:

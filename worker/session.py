@@ -113,6 +113,7 @@ class Session:
         self.max_frame_size = max_frame_size
         self.stopping = asyncio.Event()
         self.stop_reason = ""
+        self.shutdown_grace = 0.0
         self.timer_stop = threading.Event()
 
     async def run(self) -> int:
@@ -145,7 +146,12 @@ class Session:
             # shutdown hooks a bounded moment, then leave.
             _exit_after(EOF_EXIT_GRACE)
         else:
-            await dispatcher.wait_idle()
+            # Calls in flight may finish within the grace; then async ones are
+            # cancelled (sync ones cannot be) and the hooks run regardless.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.shutdown_grace):
+                    await dispatcher.wait_idle()
+            dispatcher.cancel_all()
         for hook in parts.shutdown:
             try:
                 await _run_hook(hook)
@@ -167,6 +173,7 @@ class Session:
             elif isinstance(message, Ping):
                 self.writer.send(Pong(message.nonce))
             elif isinstance(message, Shutdown):
+                self.shutdown_grace = message.grace
                 self._stop("shutdown")
             # pong and anything a supervisor has no business sending are ignored
 
@@ -211,8 +218,23 @@ def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]
     logging.getLogger("worker").error(context.get("message", "event loop error"), exc_info=exc)
 
 
+def _after_fork_in_child(in_fd: int, out_fd: int) -> None:
+    """A forked child (multiprocessing's default on Linux) inherits the protocol
+    fds and the log handler, and must never write a frame: its output would
+    interleave with the worker's. Point the fds at /dev/null (not closed: a
+    reused fd number would send stray frames into some file); logging to stderr."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+        for fd in (in_fd, out_fd):
+            os.dup2(devnull, fd, inheritable=False)
+        os.close(devnull)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.StreamHandler(sys.stderr)]
+
+
 def serve(plugin_dir: Path, in_fd: int, out_fd: int, max_frame_size: int) -> int:
     writer = BlockingWriter(out_fd, max_frame_size)
+    os.register_at_fork(after_in_child=lambda: _after_fork_in_child(in_fd, out_fd))
     writer.send(Hello(PROTOCOL_VERSION, os.getpid()))
     install_logging(writer)
     session = Session(plugin_dir, writer, in_fd, max_frame_size)

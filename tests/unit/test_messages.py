@@ -270,7 +270,7 @@ SHAPES: dict[str, list[st.SearchStrategy[Any]]] = {
     "log": [ints, text, text],
     "ping": [ints],
     "pong": [ints],
-    "shutdown": [],
+    "shutdown": [st.floats(0, 100) | st.integers(0, 100)],
 }
 
 
