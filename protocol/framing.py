@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 from typing import Any
 
-import msgpack
+import msgpack  # type: ignore[import-untyped]  # msgpack ships no type information
 
 from protocol.errors import ProtocolError
 
@@ -33,7 +33,8 @@ def pack(obj: Any) -> bytes:
     Raises `TypeError` (msgpack's own) for an object msgpack cannot encode: the
     caller knows whether that is a bad argument or a bad result.
     """
-    return msgpack.packb(obj, use_bin_type=True)
+    body: bytes = msgpack.packb(obj, use_bin_type=True)
+    return body
 
 
 def unpack(body: bytes | bytearray | memoryview) -> Any:

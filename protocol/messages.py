@@ -8,7 +8,7 @@ and turns any wrong shape into `ProtocolError`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -251,7 +251,7 @@ def _decode_shutdown(obj: list[Any]) -> Shutdown:
     return Shutdown(float(grace))
 
 
-_DECODERS = {
+_DECODERS: dict[str, Callable[[list[Any]], Message]] = {
     "hello": _decode_hello,
     "ready": _decode_ready,
     "fatal": _decode_fatal,

@@ -195,7 +195,7 @@ class WorkerHandle:
         )
         stderr, _ = await loop.connect_read_pipe(lambda: _StderrProtocol(self), self._proc.stderr)
         stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self._proc.stdin)
-        self._stdin = stdin  # type: ignore[assignment]
+        self._stdin = stdin
         self._transports += [stdout, stderr, stdin]
 
     async def _abort(self, reason: str) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import inspect
 import traceback
 from typing import Any
@@ -95,11 +96,11 @@ class Dispatcher:
         if entry.is_async:
             task = self.loop.create_task(self._run_async(entry, call))
             self.in_flight[call.call_id] = task
-            task.add_done_callback(lambda t, call_id=call.call_id: self._async_done(call_id, t))
+            task.add_done_callback(functools.partial(self._async_done, call.call_id))
         else:
             future = self.pool.submit(self._run_sync, entry, call)
             self.in_flight[call.call_id] = future
-            future.add_done_callback(lambda _f, call_id=call.call_id: self.loop.call_soon_threadsafe(self._forget, call_id))
+            future.add_done_callback(functools.partial(self._sync_done, call.call_id))
 
     def cancel(self, call_id: int) -> None:
         work = self.in_flight.get(call_id)
@@ -120,6 +121,9 @@ class Dispatcher:
 
     async def wait_idle(self) -> None:
         await self._idle.wait()
+
+    def _sync_done(self, call_id: int, _future: concurrent.futures.Future[None]) -> None:
+        self.loop.call_soon_threadsafe(self._forget, call_id)  # runs on the pool thread
 
     def _forget(self, call_id: int) -> None:
         self.in_flight.pop(call_id, None)

@@ -190,7 +190,7 @@ MAX_WRAP_DEPTH = 32  # a __wrapped__ cycle must not hang the loader
 
 def unwrap_chain(func: Any) -> list[Any]:
     """`func` and everything it wraps through `__wrapped__`, at most MAX_WRAP_DEPTH deep."""
-    chain = []
+    chain: list[Any] = []
     while func is not None and len(chain) < MAX_WRAP_DEPTH:
         chain.append(func)
         func = getattr(func, "__wrapped__", None)

@@ -12,6 +12,7 @@ After `claim_stdio()`:
 from __future__ import annotations
 
 import ctypes
+import io
 import os
 import signal
 import sys
@@ -30,7 +31,7 @@ def claim_stdio() -> tuple[int, int]:
     os.dup2(2, 1)
     # sys.stdout still wraps fd 1, which is now stderr; make it line-buffered
     # so a plugin's prints appear in the log promptly.
-    if sys.stdout is not None:
+    if isinstance(sys.stdout, io.TextIOWrapper):
         sys.stdout.reconfigure(line_buffering=True)
     return protocol_in, protocol_out
 
