@@ -29,6 +29,7 @@ from supervisor.errors import (
     EntryNotFound,
     ExitInfo,
     ManifestError,
+    PluginError,
     PluginOverloaded,
     PluginUnavailable,
 )
@@ -323,32 +324,33 @@ class PluginSlot:
             raise
 
     async def _call(self, entry_id: str, args: Mapping[str, Any], timeout: float, deadline: float) -> Any:
-        self._queued += 1
+        # One deadline over the whole path (queue, worker start, the call itself):
+        # one timer per call instead of one per phase.
         try:
             async with asyncio.timeout_at(deadline):
-                await self._places.acquire()
-        except TimeoutError:
+                self._queued += 1
+                try:
+                    await self._places.acquire()
+                finally:
+                    self._queued -= 1
+                try:
+                    handle = self._handle
+                    if handle is None or not handle.usable or self.state is not PluginState.RUNNING:
+                        handle = await self._running_handle()
+                    call_id, future = handle.send_call(entry_id, args)
+                    try:
+                        return await future
+                    except asyncio.CancelledError:
+                        # Our deadline or the caller's own cancellation: either way
+                        # the worker is asked to stop the call, and killed if it will not.
+                        handle.abandon(call_id, self.options.cancel_grace)
+                        raise
+                finally:
+                    self._places.release()
+        except TimeoutError as exc:
+            if isinstance(exc, PluginError):
+                raise  # not our deadline: an error that is also a TimeoutError
             raise CallTimeout(self.id, entry_id, timeout) from None
-        finally:
-            self._queued -= 1
-        try:
-            try:
-                async with asyncio.timeout_at(deadline):
-                    handle = await self._running_handle()
-            except TimeoutError:
-                raise CallTimeout(self.id, entry_id, timeout) from None
-            call_id, future = handle.send_call(entry_id, args)
-            try:
-                async with asyncio.timeout_at(deadline):
-                    return await future
-            except TimeoutError:
-                handle.abandon(call_id, self.options.cancel_grace)
-                raise CallTimeout(self.id, entry_id, timeout) from None
-            except asyncio.CancelledError:
-                handle.abandon(call_id, self.options.cancel_grace)
-                raise
-        finally:
-            self._places.release()
 
     async def _running_handle(self) -> WorkerHandle:
         """Wait until a worker is ready (through starts and restarts), or raise if the plugin is gone."""

@@ -87,10 +87,13 @@ class Dispatcher:
             known = ", ".join(sorted(self.entries)) or "none"
             self.send_error(call.call_id, error=ErrorInfo("entry_not_found", "EntryNotFound", f"no entry {call.entry_id!r} (entries: {known})"))
             return
-        try:
-            entry.signature.bind(**call.args)
-        except TypeError as exc:
-            self.send_error(call.call_id, error=ErrorInfo("invalid_arguments", "InvalidArguments", str(exc)))
+        if not entry.arguments_fit(call.args):
+            try:
+                entry.signature.bind(**call.args)
+                problem = "the arguments do not fit the entry's signature"
+            except TypeError as exc:
+                problem = str(exc)
+            self.send_error(call.call_id, error=ErrorInfo("invalid_arguments", "InvalidArguments", problem))
             return
         self._idle.clear()
         if entry.is_async:

@@ -66,6 +66,21 @@ class Entry:
     func: Callable[..., Any]          # bound to the plugin instance
     signature: inspect.Signature
     is_async: bool
+    # Precomputed from the signature so the common case checks arguments with
+    # two set operations instead of Signature.bind (None: always use bind).
+    required: frozenset[str] | None = None
+    accepted: frozenset[str] | None = None  # None: any keyword (**kwargs)
+
+    def arguments_fit(self, args: dict[str, Any]) -> bool:
+        """True if `args` bind; a False answer is explained by `signature.bind`."""
+        if self.required is None:
+            try:
+                self.signature.bind(**args)
+            except TypeError:
+                return False
+            return True
+        keys = args.keys()
+        return self.required <= keys and (self.accepted is None or keys <= self.accepted)
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +259,12 @@ def _make_entry(attr_name: str, spec: EntrySpec, bound: Callable[..., Any], func
         signature = inspect.signature(bound)
     except (TypeError, ValueError) as exc:
         raise SdkError(f"entry {attr_name!r}: cannot read its signature: {exc}") from exc
+    params = signature.parameters.values()
+    keyword_kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    simple = all(p.kind is not inspect.Parameter.POSITIONAL_ONLY for p in params)
+    required = frozenset(p.name for p in params if p.kind in keyword_kinds and p.default is inspect.Parameter.empty)
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+    accepted = None if takes_any else frozenset(p.name for p in params if p.kind in keyword_kinds)
     return Entry(
         id=spec.id or attr_name,
         name=spec.name or attr_name,
@@ -253,6 +274,8 @@ def _make_entry(attr_name: str, spec: EntrySpec, bound: Callable[..., Any], func
         func=bound,
         signature=signature,
         is_async=is_async_callable(func),
+        required=required if simple else None,
+        accepted=accepted if simple else None,
     )
 
 
