@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
 
-from supervisor import Supervisor
+from supervisor import process
 
 ROOT = Path(__file__).resolve().parent.parent
 PLUGINS = ROOT / "plugins"
 FAULT_PLUGINS = PLUGINS / "faults"
+RUNTIME_FILES = ("__pycache__", "data.db*", "config.json", "pids.txt", "delay.txt")
 
 
 def copy_plugins(src: Path, dst: Path, names: list[str] | None = None) -> Path:
@@ -23,22 +23,30 @@ def copy_plugins(src: Path, dst: Path, names: list[str] | None = None) -> Path:
     dst.mkdir(parents=True, exist_ok=True)
     for folder in sorted(src.iterdir()):
         if (folder / "plugin.toml").exists() and (names is None or folder.name in names):
-            shutil.copytree(folder, dst / folder.name, ignore=shutil.ignore_patterns("__pycache__", "data.db*", "config.json", "pids.txt"))
+            shutil.copytree(folder, dst / folder.name, ignore=shutil.ignore_patterns(*RUNTIME_FILES))
     return dst
 
 
-def worker_processes() -> set[int]:
-    """Every live process anywhere that runs `-m worker` and descends from us or was orphaned."""
-    me = psutil.Process()
-    return {p.pid for p in me.children(recursive=True) if _is_worker(p)}
-
-
-def _is_worker(proc: psutil.Process) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Running code: not gone, not a zombie."""
     try:
-        cmd = proc.cmdline()
-    except psutil.Error:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
         return False
-    return "-m" in cmd and "worker" in cmd
+
+
+def _tree_snapshot(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in sorted(root.rglob("*")) if "__pycache__" not in p.parts}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_plugins_untouched() -> Iterator[None]:
+    """Tests work on copies: the checkout's plugins/ must come out exactly as it went in."""
+    before = _tree_snapshot(PLUGINS)
+    yield
+    after = _tree_snapshot(PLUGINS)
+    changed = sorted(set(before.items()) ^ set(after.items()))
+    assert not changed, f"tests changed the checkout's plugins/: {changed[:10]}"
 
 
 @pytest.fixture
@@ -47,43 +55,36 @@ def seed_plugins(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def fault_plugins(tmp_path: Path) -> Path:
-    return copy_plugins(FAULT_PLUGINS, tmp_path / "faults")
-
-
-@pytest.fixture
-def no_leaks() -> Iterator[None]:
-    """Fail the test if it leaves any child process behind (zombies included)."""
+def no_leaks(tmp_path: Path) -> Iterator[None]:
+    """Fail the test if it leaves any process behind: a child of ours (zombies
+    included), or an orphan that carries a worker's tag and runs in this test's
+    folders (a grandchild whose worker died, a worker whose CLI host exited)."""
     before = {p.pid for p in psutil.Process().children(recursive=True)}
     yield
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before]
-    alive = []
+    left += [p for p in _tagged_orphans() if _runs_under(p, tmp_path)]
+    described = []
     for proc in left:
         try:
-            alive.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:80]}")
+            described.append(f"{proc.pid} {proc.status()} {' '.join(proc.cmdline())[:80]}")
         except psutil.Error:
             continue
-    assert not alive, f"processes left behind: {alive}"
+    assert not described, f"processes left behind: {described}"
 
 
-@pytest.fixture
-async def faults(fault_plugins: Path, tmp_path: Path) -> AsyncIterator[Supervisor]:
-    """A started supervisor on a private copy of plugins/faults (every fault plugin)."""
-    sup = Supervisor(fault_plugins, log_dir=tmp_path / "logs")
-    await sup.start()
+def _tagged_orphans() -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if process.TAG_VARIABLE in proc.environ() and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def _runs_under(proc: psutil.Process, folder: Path) -> bool:
     try:
-        yield sup
-    finally:
-        await sup.stop()
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        proc = psutil.Process(pid)
-        return proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return Path(proc.cwd()).is_relative_to(folder)
+    except (psutil.Error, OSError):
         return False
-
-
-def env_without(*names: str) -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k not in names}

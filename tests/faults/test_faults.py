@@ -21,6 +21,7 @@ from supervisor import (
     PluginUnavailable,
     ProtocolError,
     ResultNotSerializable,
+    Supervisor,
     WorkerCrashed,
 )
 from tests.conftest import pid_alive
@@ -30,7 +31,7 @@ TIMEOUT_SLACK = 0.25  # the spec: CallTimeout by the deadline, a quarter second 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
 
-async def healthy_calls(sup, stop: asyncio.Event) -> int:
+async def healthy_calls(sup: Supervisor, stop: asyncio.Event) -> int:
     """Keep calling the echo plugin until told to stop; every call must succeed."""
     count = 0
     while not stop.is_set():
@@ -45,25 +46,31 @@ async def test_crash_fails_the_call_at_once_and_the_plugin_restarts(tmp_path: Pa
         first_pid = sup.status("crash").pid
         stop = asyncio.Event()
         others = asyncio.create_task(healthy_calls(sup, stop))
-        started = time.monotonic()
-        with pytest.raises(WorkerCrashed) as caught:
-            await sup.call("crash", entry, {"code": 7}, timeout=10)
-        assert time.monotonic() - started < 2.0
-        assert caught.value.returncode == 7
-        assert "exited with code 7" in str(caught.value)
-        # The status is current by the time the caller hears of the crash.
-        right_after = sup.status("crash")
-        assert right_after.state in ("starting", "running")
-        assert right_after.restarts == 1
-        assert right_after.last_exit is not None and right_after.last_exit.returncode == 7
-        assert await sup.call("crash", "ping", timeout=10) == "pong"
-        stop.set()
+        try:
+            await check_crash_and_restart(sup, entry, first_pid)
+        finally:
+            stop.set()
         assert await others > 0
-        status = sup.status("crash")
-        assert status.state == "running"
-        assert status.restarts == 1
-        assert status.pid != first_pid
-        assert status.last_exit is not None and status.last_exit.returncode == 7
+
+
+async def check_crash_and_restart(sup: Supervisor, entry: str, first_pid: int | None) -> None:
+    started = time.monotonic()
+    with pytest.raises(WorkerCrashed) as caught:
+        await sup.call("crash", entry, {"code": 7}, timeout=10)
+    assert time.monotonic() - started < 2.0
+    assert caught.value.returncode == 7
+    assert "exited with code 7" in str(caught.value)
+    # The status is current by the time the caller hears of the crash.
+    right_after = sup.status("crash")
+    assert right_after.state in ("starting", "running")
+    assert right_after.restarts == 1
+    assert right_after.last_exit is not None and right_after.last_exit.returncode == 7
+    assert await sup.call("crash", "ping", timeout=10) == "pong"
+    status = sup.status("crash")
+    assert status.state == "running"
+    assert status.restarts == 1
+    assert status.pid != first_pid
+    assert status.last_exit is not None and status.last_exit.returncode == 7
 
 
 async def test_segfault_is_reported_with_the_signal_and_stderr(tmp_path: Path) -> None:
@@ -92,7 +99,9 @@ async def test_sync_hang_times_out_then_the_worker_is_killed_and_replaced(tmp_pa
         await wait_for(lambda: sup.status("busy_loop").restarts == 1)
         assert await sup.call("busy_loop", "ping", timeout=10) == "pong"
         assert sup.status("busy_loop").pid != first_pid
-        assert "did not stop within 0.3 s" in (sup.status("busy_loop").last_exit.reason or "")
+        last_exit = sup.status("busy_loop").last_exit
+        assert last_exit is not None
+        assert "did not stop within 0.3 s" in last_exit.reason
         assert not pid_alive(first_pid)
         assert await sup.call("echo", "echo", {"value": 1}) == 1
 
@@ -103,7 +112,7 @@ async def test_async_hang_is_cancelled_without_killing_the_worker(tmp_path: Path
         started = time.monotonic()
         with pytest.raises(CallTimeout):
             await sup.call("async_hang", "hang", timeout=0.3)
-        assert time.monotonic() - started < 0.3 + TIMEOUT_SLACK
+        assert 0.3 <= time.monotonic() - started < 0.3 + TIMEOUT_SLACK
         assert await sup.call("async_hang", "ping", timeout=5) == "pong"
         # The cancel reached the task, so nothing had to be killed.
         assert sup.status("async_hang").pid == pid
@@ -129,8 +138,11 @@ async def test_other_calls_in_flight_fail_with_worker_crashed_when_a_hang_is_kil
             await asyncio.wait_for(bystander, 5)
 
 
-@pytest.mark.parametrize("entry", ["print_noise", "os_write", "c_write", "child_echo"])
-async def test_stray_output_to_fd_1_never_corrupts_a_frame(tmp_path: Path, entry: str) -> None:
+@pytest.mark.parametrize(
+    ("entry", "marker"),
+    [("print_noise", "stray_output: line 99"), ("os_write", "stray_output: os.write"), ("c_write", "stray_output: puts"), ("child_echo", "hi")],
+)
+async def test_stray_output_to_fd_1_never_corrupts_a_frame(tmp_path: Path, entry: str, marker: str) -> None:
     async with supervising(tmp_path, ["stray_output"]) as sup:
         pid = sup.status("stray_output").pid
         assert await sup.call("stray_output", entry, timeout=10) == {"ok": True}
@@ -138,7 +150,7 @@ async def test_stray_output_to_fd_1_never_corrupts_a_frame(tmp_path: Path, entry
         status = sup.status("stray_output")
         assert (status.pid, status.restarts) == (pid, 0)
         # The noise went to the plugin's log (stderr), not into the protocol.
-        assert sup.logs("stray_output")
+        await wait_for(lambda: any(line.endswith(marker) for line in sup.logs("stray_output")))
 
 
 async def test_slow_start_is_waited_for_by_calls(tmp_path: Path) -> None:
@@ -174,11 +186,13 @@ async def test_import_error_is_reported_with_its_traceback_and_others_run(tmp_pa
         started = time.monotonic()
         with pytest.raises(PluginUnavailable, match="failed"):
             await sup.call("import_error", "ping", timeout=5)
-        assert time.monotonic() - started < 0.1  # fails fast, does not wait for the timeout
+        assert time.monotonic() - started < 0.5  # fails fast, does not wait for the 5 s timeout
         assert await sup.call("echo", "echo", {"value": "still here"}) == "still here"
-        # restart() resets the budget and tries again (and fails again, here).
+        # restart() resets the budget and tries again: three more workers (and fails again, here).
+        spawned = sum("started" in line for line in sup.logs("import_error"))
         await sup.restart("import_error")
         await sup.wait_for_state("import_error", "failed", timeout=10)
+        assert sum("started" in line for line in sup.logs("import_error")) == spawned + 3
 
 
 @pytest.mark.parametrize(("entry", "type_name"), [("bad", "object"), ("bad_set", "set")])
@@ -265,13 +279,19 @@ async def test_restart_policy_never_leaves_the_plugin_failed(tmp_path: Path) -> 
 async def test_queue_full_fails_at_once_with_overloaded(tmp_path: Path) -> None:
     runtime = {"echo": {"max_concurrency": 1, "max_queue": 2}}
     async with supervising(tmp_path, ["echo"], runtime) as sup:
-        busy = [asyncio.create_task(sup.call("echo", "asleep", {"seconds": 0.5}, timeout=10)) for _ in range(3)]
+        busy = [asyncio.create_task(sup.call("echo", "asleep", {"seconds": 30}, timeout=60)) for _ in range(3)]
         await wait_for(lambda: sup.status("echo").queued == 2)
         started = time.monotonic()
         with pytest.raises(PluginOverloaded):
             await sup.call("echo", "echo", {"value": 1})
-        assert time.monotonic() - started < 0.1
-        assert await asyncio.gather(*busy) == [0.5, 0.5, 0.5]
+        assert time.monotonic() - started < 0.5
+        for task in busy:
+            task.cancel()
+        results = await asyncio.gather(*busy, return_exceptions=True)
+        assert all(isinstance(r, asyncio.CancelledError) for r in results)
+        # The cancelled async call was stopped in the worker, not by a kill.
+        assert await sup.call("echo", "echo", {"value": 2}, timeout=5) == 2
+        assert sup.status("echo").restarts == 0
 
 
 async def test_timeout_in_the_queue_counts_from_arrival(tmp_path: Path) -> None:
@@ -281,7 +301,7 @@ async def test_timeout_in_the_queue_counts_from_arrival(tmp_path: Path) -> None:
         started = time.monotonic()
         with pytest.raises(CallTimeout):
             await sup.call("echo", "echo", {"value": 1}, timeout=0.2)
-        assert time.monotonic() - started < 0.2 + TIMEOUT_SLACK
+        assert 0.2 <= time.monotonic() - started < 0.2 + TIMEOUT_SLACK
         assert await blocker == 1.0
 
 
@@ -318,7 +338,7 @@ async def test_stop_leaves_no_worker_and_no_zombie(tmp_path: Path) -> None:
         pids = [st.pid for st in sup.statuses()]
         assert all(pids)
     for pid in pids:
-        assert not psutil.pid_exists(pid) or not pid_alive(pid)
+        assert not psutil.pid_exists(pid)  # reaped, not a zombie
 
 
 @pytest.mark.parametrize("entry", ["huge_header", "garbage", "wrong_shape", "unknown_call_id"])

@@ -11,8 +11,10 @@ import pytest
 
 from tests.conftest import FAULT_PLUGINS, PLUGINS, ROOT, copy_plugins
 
+pytestmark = pytest.mark.usefixtures("no_leaks")
 
-def cli(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+
+def cli(*args: str | Path, timeout: float = 20) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "supervisor", *map(str, args)], capture_output=True, text=True, cwd=ROOT, timeout=timeout
     )

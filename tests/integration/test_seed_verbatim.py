@@ -9,6 +9,7 @@ plugins/ add entries around the same code; this test proves the page itself.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import re
 import sqlite3
@@ -91,8 +92,8 @@ async def test_every_example_runs_unchanged_in_a_worker(tmp_path: Path) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    url = f"http://127.0.0.1:{port}/data"
+    host, port = runner.addresses[0][:2]
+    url = f"http://{host}:{port}/data"
     ids = write_plugins(tmp_path / "plugins")
     try:
         async with Supervisor(tmp_path / "plugins", log_dir=tmp_path / "logs") as sup:
@@ -126,5 +127,5 @@ async def test_every_example_runs_unchanged_in_a_worker(tmp_path: Path) -> None:
             assert await sup.call(db_id, "save", {"key": "a", "value": "c"}) == {"saved": True}
     finally:
         await runner.cleanup()
-    with sqlite3.connect(tmp_path / "plugins" / db_id / "data.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "plugins" / db_id / "data.db")) as conn:
         assert conn.execute("SELECT key, value FROM records").fetchall() == [("a", "c")]

@@ -312,7 +312,7 @@ async def test_entry_timeout_from_the_decorator_is_the_default(tmp_path: Path) -
         started = loop.time()
         with pytest.raises(CallTimeout) as caught:
             await sup.call("itp_edges", "slow_default")  # no timeout given: the entry's 0.4 s
-        assert 0.35 < loop.time() - started < 1.0
+        assert 0.4 <= loop.time() - started < 1.0
         assert caught.value.timeout == 0.4
         assert isinstance(caught.value, TimeoutError)
         assert await sup.call("itp_edges", "ping", timeout=5) == "pong"
@@ -667,20 +667,20 @@ async def test_calls_run_concurrently(echo: Supervisor, entry_id: str) -> None:
     results = await asyncio.gather(*(echo.call("echo", entry_id, {"seconds": seconds}, timeout=10) for _ in range(count)))
     elapsed = loop.time() - started
     assert results == [seconds] * count
-    assert elapsed < 3.0, f"{count} calls of {seconds} s took {elapsed:.2f} s: they did not overlap"
+    assert elapsed < 1.5, f"{count} calls of {seconds} s took {elapsed:.2f} s: they did not overlap"
     assert elapsed >= seconds
 
 
 async def test_one_plugin_blocked_does_not_delay_another(tmp_path: Path) -> None:
     plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["echo", "timer"])
     async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
-        slow = asyncio.create_task(sup.call("echo", "sleep", {"seconds": 1.0}, timeout=10))
+        slow = asyncio.create_task(sup.call("echo", "asleep", {"seconds": 5.0}, timeout=10))
         loop = asyncio.get_running_loop()
         started = loop.time()
         assert await sup.call("timer", "ping", timeout=5) == "pong"
-        assert loop.time() - started < 0.9
+        assert loop.time() - started < 0.5
         assert not slow.done()
-        assert await slow == 1.0
+        slow.cancel()
 
 
 def test_helpers_write_a_valid_manifest(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ def test_frames_from_many_threads_never_interleave() -> None:
         thread.join()
     os.close(write_fd)
     reader.join(timeout=30)
+    assert not reader.is_alive()
     os.close(read_fd)
     assert sorted(received, key=lambda m: m.call_id) == messages  # type: ignore[attr-defined]
 
