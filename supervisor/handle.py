@@ -394,11 +394,10 @@ class WorkerHandle:
         """Tell everyone the worker is dead. `_dead` is resolved whatever goes wrong here."""
         assert self._proc is not None
         self.exit = ExitInfo(self._proc.pid, returncode, self._death_reason or ("exited" if returncode == 0 else "crashed"))
+        was_stopping = self.state is WorkerState.STOPPING
+        self._move(WorkerState.DEAD)
         try:
             await self._collect_remains()
-            was_stopping = self.state is WorkerState.STOPPING
-            if self.state is not WorkerState.DEAD:
-                self._move(WorkerState.DEAD)
             self.log.end_stderr()
             self.log.event(self.exit.describe())
             if self._on_death is not None:
@@ -409,8 +408,6 @@ class WorkerHandle:
                     self.log.logger.exception("on_death callback failed")
             self._answer_everyone(was_stopping)
         finally:
-            if self.state is not WorkerState.DEAD:
-                self._move(WorkerState.DEAD)
             for transport in self._transports:
                 transport.close()
             self._dead.set_result(self.exit)

@@ -29,7 +29,6 @@ from supervisor.errors import (
     EntryNotFound,
     ExitInfo,
     ManifestError,
-    PluginError,
     PluginOverloaded,
     PluginUnavailable,
 )
@@ -156,8 +155,7 @@ class PluginSlot:
         if not self.manifest.runtime.enabled:
             raise PluginUnavailable(self.id, f"disabled in {self.manifest.path} (plugin_runtime.enabled = false)")
         if self.state is PluginState.FAILED:
-            self._budget.reset()
-            self._backoff.reset()
+            self._reset_restart_policy()
         self._stop_requested = False
         self._settled = asyncio.Event()
         self.error = None
@@ -206,9 +204,12 @@ class PluginSlot:
     async def restart(self) -> None:
         """Stop, reset the restart budget, start again (also from `failed`)."""
         await self.stop()
+        self._reset_restart_policy()
+        await self.start()
+
+    def _reset_restart_policy(self) -> None:
         self._budget.reset()
         self._backoff.reset()
-        await self.start()
 
     def close(self) -> None:
         self.log.close()
@@ -334,9 +335,7 @@ class PluginSlot:
                 finally:
                     self._queued -= 1
                 try:
-                    handle = self._handle
-                    if handle is None or not handle.usable or self.state is not PluginState.RUNNING:
-                        handle = await self._running_handle()
+                    handle = self._ready_handle() or await self._running_handle()
                     call_id, future = handle.send_call(entry_id, args)
                     try:
                         return await future
@@ -347,16 +346,20 @@ class PluginSlot:
                         raise
                 finally:
                     self._places.release()
-        except TimeoutError as exc:
-            if isinstance(exc, PluginError):
-                raise  # not our deadline: an error that is also a TimeoutError
+        except TimeoutError:
             raise CallTimeout(self.id, entry_id, timeout) from None
+
+    def _ready_handle(self) -> WorkerHandle | None:
+        handle = self._handle
+        if self.state is PluginState.RUNNING and handle is not None and handle.usable:
+            return handle
+        return None
 
     async def _running_handle(self) -> WorkerHandle:
         """Wait until a worker is ready (through starts and restarts), or raise if the plugin is gone."""
         while True:
-            handle = self._handle
-            if self.state is PluginState.RUNNING and handle is not None and handle.usable:
+            handle = self._ready_handle()
+            if handle is not None:
                 return handle
             if self.state in (PluginState.FAILED, PluginState.STOPPED):
                 raise PluginUnavailable(self.id, self._unavailable_reason())
