@@ -14,7 +14,7 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: hello carries the protections the worker applied
 
 ERROR_KINDS = frozenset(
     {"entry_not_found", "invalid_arguments", "failed", "unserializable", "cancelled", "start_failed"}
@@ -85,9 +85,12 @@ class ErrorInfo:
 class Hello:
     version: int
     pid: int
+    # What confines this worker, as the worker itself applied it (rlimits, sandbox).
+    # Plain msgpack data: the supervisor shows it in the plugin's status.
+    protections: dict[str, Any] = field(default_factory=dict)
 
     def to_wire(self) -> list[Any]:
-        return ["hello", self.version, self.pid]
+        return ["hello", self.version, self.pid, self.protections]
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,8 +195,11 @@ def _arity(obj: list[Any], n: int) -> None:
 
 
 def _decode_hello(obj: list[Any]) -> Hello:
-    _arity(obj, 3)
-    return Hello(_expect(obj[1], int, "hello.version"), _expect(obj[2], int, "hello.pid"))
+    _arity(obj, 4)
+    protections = _expect(obj[3], dict, "hello.protections")
+    if not all(isinstance(key, str) for key in protections):
+        raise ProtocolError("hello.protections keys must all be strings")
+    return Hello(_expect(obj[1], int, "hello.version"), _expect(obj[2], int, "hello.pid"), protections)
 
 
 def _decode_ready(obj: list[Any]) -> Ready:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+import psutil
 
 import protocol
 from protocol import (
@@ -38,8 +41,10 @@ from protocol import (
     Result,
     Shutdown,
 )
+from protocol.exits import EXIT_OUT_OF_MEMORY
 from protocol.streams import MessageProtocol
-from supervisor import process
+from supervisor import containment, process
+from supervisor.containment import TreeUsage
 from supervisor.errors import (
     EntryFailed,
     EntryNotFound,
@@ -55,6 +60,7 @@ from supervisor.errors import (
 from supervisor.lifecycle import WORKER_MOVES, WorkerState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest
+from supervisor.watch import ResourceWatcher
 
 SIGTERM_GRACE = 2.0      # after SIGTERM, this long before SIGKILL
 PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
@@ -98,6 +104,8 @@ class WorkerHandle:
         env: dict[str, str],
         max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
         on_death: Callable[[WorkerHandle, ExitInfo], None] | None = None,
+        sandbox: str = "off",
+        watcher: ResourceWatcher | None = None,
     ) -> None:
         self.manifest = manifest
         self._on_death = on_death
@@ -110,6 +118,11 @@ class WorkerHandle:
         self.entries: dict[str, EntryInfo] = {}
         self.exit: ExitInfo | None = None
         self.started_at: float | None = None  # loop time of the handshake
+        self.sandbox = sandbox
+        self.protections: dict[str, Any] = {}  # what the worker reported it applied
+        self.usage: TreeUsage | None = None    # the watcher's latest look at the tree
+        self._watcher = watcher
+        self._target: psutil.Process | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
         self._loop = asyncio.get_running_loop()
@@ -158,13 +171,15 @@ class WorkerHandle:
         before this returns.
         """
         try:
-            self._proc = process.spawn(self.manifest.folder, self.max_frame_size, self.env)
+            command = process.worker_command(self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox)
+            self._proc = process.spawn(self.manifest.folder, command, self.env)
         except OSError as exc:
             self._move(WorkerState.DEAD)
             self._dead.set_result(ExitInfo(0, None, f"spawn failed: {exc}"))
             raise StartFailed(f"cannot spawn the worker: {exc}") from exc
         try:
             self.log.new_worker(self._proc.pid)
+            self._start_watching()
             await self._connect()
             async with asyncio.timeout(self.manifest.runtime.timeout):
                 await asyncio.shield(self._handshake)
@@ -197,6 +212,37 @@ class WorkerHandle:
         stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self._proc.stdin)
         self._stdin = stdin
         self._transports += [stdout, stderr, stdin]
+
+    # -- resource watching ----------------------------------------------------
+    def _start_watching(self) -> None:
+        assert self._proc is not None
+        try:
+            self._target = psutil.Process(self._proc.pid)
+        except psutil.Error:
+            return  # already gone: _on_exit will say so
+        if self._watcher is not None:
+            self._watcher.watch(self)
+
+    @property
+    def watch_target(self) -> psutil.Process | None:
+        return None if self._exited else self._target
+
+    def known_processes(self) -> dict[int, psutil.Process]:
+        return {proc.pid: proc for proc in self.usage.processes} if self.usage is not None else {}
+
+    def observe(self, usage: TreeUsage) -> None:
+        """The watcher's latest look at the tree: keep it, and kill a worker over its limits."""
+        if self._exited:
+            return
+        self.usage = usage
+        runtime = self.manifest.runtime
+        rss_mb = usage.rss / (1024 * 1024)
+        if runtime.memory_limit_mb and rss_mb > runtime.memory_limit_mb:
+            self.kill(f"memory limit hit: the worker's processes used {rss_mb:.0f} MB (plugin_runtime.memory_limit_mb = {runtime.memory_limit_mb})")
+        elif runtime.cpu_time_limit and usage.cpu_time > runtime.cpu_time_limit:
+            self.kill(f"CPU time limit hit: {usage.cpu_time:.1f} s of CPU (plugin_runtime.cpu_time_limit = {runtime.cpu_time_limit:g})")
+        elif runtime.max_processes and usage.count > runtime.max_processes:
+            self.kill(f"process limit hit: {usage.count} processes in the worker's tree (plugin_runtime.max_processes = {runtime.max_processes})")
 
     async def _abort(self, reason: str) -> None:
         with contextlib.suppress(BaseException):
@@ -269,11 +315,17 @@ class WorkerHandle:
         return await self._kill_and_wait("stopped (killed after SIGTERM)")
 
     def kill(self, reason: str) -> None:
-        """SIGKILL the worker and all its descendants now."""
+        """SIGKILL the worker and all its descendants now.
+
+        The worker's group is stopped first and the worker is killed last: while
+        it lives it is the subreaper of everything below it, so nothing can slip
+        out of its tree between our look and our kill."""
         if self._exited or self._proc is None:
             return
         self._death_reason = self._death_reason or reason
         self.log.event(f"killing worker {self.pid}: {reason}")
+        self._signal(signal.SIGSTOP)
+        containment.kill_descendants(self._proc.pid, self.known_processes().values())
         self._signal(signal.SIGKILL)
 
     async def _kill_and_wait(self, reason: str) -> ExitInfo:
@@ -320,6 +372,8 @@ class WorkerHandle:
                 protocol.check_version(message)
             except protocol.ProtocolError as exc:
                 self._violation(str(exc))
+                return
+            self._on_hello(message)
         elif isinstance(message, Ready) and self._hello and not self._handshake.done():
             self.entries = {entry.id: entry for entry in message.entries}
             self._handshake.set_result(None)
@@ -329,6 +383,21 @@ class WorkerHandle:
             )
         else:
             self._violation(f"unexpected {type(message).__name__.lower()} message")
+
+    def _on_hello(self, hello: Hello) -> None:
+        runtime = self.manifest.runtime
+        self.protections = {
+            **hello.protections,
+            "watcher": {
+                "memory_limit_mb": runtime.memory_limit_mb or None,
+                "cpu_time_limit": runtime.cpu_time_limit or None,
+                "max_processes": runtime.max_processes or None,
+            },
+        }
+        sandbox = hello.protections.get("sandbox")
+        if self.sandbox != "off" and not (isinstance(sandbox, dict) and sandbox.get("abi")):
+            reason = sandbox.get("reason", "unknown") if isinstance(sandbox, dict) else "not reported"
+            self.log.event(f"the sandbox was requested but is NOT applied: {reason}", logging.WARNING)
 
     def _on_result(self, result: Result) -> None:
         pending = self._pending.pop(result.call_id, None)
@@ -378,6 +447,8 @@ class WorkerHandle:
             return
         self._exited = True
         assert self._proc is not None
+        if self._watcher is not None:
+            self._watcher.unwatch(self)
         if self._pidfd is not None:
             self._loop.remove_reader(self._pidfd)
         # The worker is a zombie until reaped, so its process group id is still
@@ -393,7 +464,7 @@ class WorkerHandle:
     async def _finish(self, returncode: int) -> None:
         """Tell everyone the worker is dead. `_dead` is resolved whatever goes wrong here."""
         assert self._proc is not None
-        self.exit = ExitInfo(self._proc.pid, returncode, self._death_reason or ("exited" if returncode == 0 else "crashed"))
+        self.exit = ExitInfo(self._proc.pid, returncode, self._death_reason or self._reason_from_status(returncode))
         was_stopping = self.state is WorkerState.STOPPING
         self._move(WorkerState.DEAD)
         try:
@@ -417,15 +488,34 @@ class WorkerHandle:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PIPE_DRAIN_TIMEOUT):
                 await self._drained.wait()
-        # Descendants that left the process group (setsid, double fork) still carry
-        # the worker's tag. The scan reads every process's environment: off the loop.
-        strays = await asyncio.to_thread(process.kill_tagged, self.token)
+        # Descendants that left the process group (setsid, double fork) are in the
+        # watcher's last snapshot of the tree, and still carry the worker's tag.
+        # Both scans read /proc: off the loop.
+        strays = await asyncio.to_thread(self._kill_remains)
         # SIGKILL is delivered asynchronously: make sure they are really gone
         # before anyone is told this worker is dead.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STRAY_KILL_TIMEOUT):
                 while not all(process.gone(p) for p in strays):  # noqa: ASYNC110 - no event exists for a non-child's death
                     await asyncio.sleep(0.005)
+
+    def _kill_remains(self) -> list[psutil.Process]:
+        # No root pid: the worker is reaped, its pid may already belong to someone else.
+        return containment.kill_descendants(None, self.known_processes().values()) + process.kill_tagged(self.token)
+
+    def _reason_from_status(self, returncode: int) -> str:
+        runtime = self.manifest.runtime
+        if returncode == 0:
+            return "exited"
+        if returncode == EXIT_OUT_OF_MEMORY:
+            limit = f"plugin_runtime.memory_limit_mb = {runtime.memory_limit_mb}" if runtime.memory_limit_mb else "no memory_limit_mb set"
+            return f"memory limit hit: MemoryError in the worker ({limit})"
+        if returncode == -signal.SIGXCPU or (runtime.cpu_time_limit and returncode == -signal.SIGKILL and self._over_cpu_limit()):
+            return f"CPU time limit hit: the kernel's RLIMIT_CPU stopped it (plugin_runtime.cpu_time_limit = {runtime.cpu_time_limit:g})"
+        return "crashed"
+
+    def _over_cpu_limit(self) -> bool:
+        return self.usage is not None and self.usage.cpu_time >= self.manifest.runtime.cpu_time_limit
 
     def _answer_everyone(self, was_stopping: bool) -> None:
         assert self.exit is not None

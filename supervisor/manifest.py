@@ -18,7 +18,13 @@
     restart = "on-failure"        # "always" | "on-failure" | "never"
     max_restarts = 5              # more crashes than this within restart_window -> failed
     restart_window = 60
-    memory_limit_mb = 0           # 0 or absent: no limit
+    memory_limit_mb = 1024        # worker tree's resident memory; 0: no limit
+    cpu_time_limit = 0            # CPU seconds for one worker life (its whole tree); 0: no limit
+    max_open_files = 1024         # RLIMIT_NOFILE of the worker; 0: inherit the supervisor's
+    max_processes = 64            # processes in the worker's tree, the worker included; 0: no limit
+    sandbox = false               # true: Landlock (own folder only); "required": refuse to start without it
+                                  # absent: the supervisor's default (Supervisor(sandbox=...))
+    network = false               # with the sandbox: allow TCP connect and bind
 
 Unknown keys are kept out of the way (N.E.K.O manifests carry more tables, such
 as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
@@ -43,6 +49,7 @@ MANIFEST_NAME = "plugin.toml"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: no "$" that admits a trailing newline
 ENTRY_PATTERN = re.compile(r"[A-Za-z_][\w.-]*:[A-Za-z_]\w*")  # "module.path:Class"
 RESTART_POLICIES = ("always", "on-failure", "never")
+MIN_OPEN_FILES = 32  # the worker itself needs a few (pipes, epoll, the interpreter's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +64,12 @@ class RuntimeOptions:
     restart: str = "on-failure"
     max_restarts: int = 5
     restart_window: float = 60.0
-    memory_limit_mb: int | None = None
+    memory_limit_mb: int = 1024
+    cpu_time_limit: float = 0.0
+    max_open_files: int = 1024
+    max_processes: int = 64
+    sandbox: str | None = None    # "off" | "on" | "required"; None: the supervisor's default
+    network: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +137,12 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         raise ManifestError(
             str(path), "plugin_runtime.restart", f"must be one of {', '.join(map(repr, RESTART_POLICIES))}, got {restart!r}"
         )
-    memory = get("memory_limit_mb", (int,), None)
+    sandbox = get("sandbox", (bool, str), None)
+    if isinstance(sandbox, str) and sandbox != "required":
+        raise ManifestError(str(path), "plugin_runtime.sandbox", f"must be true, false or \"required\", got {sandbox!r}")
+    max_open_files = int(_positive(path, "plugin_runtime.max_open_files", get("max_open_files", (int,), defaults.max_open_files), allow_zero=True))
+    if 0 < max_open_files < MIN_OPEN_FILES:
+        raise ManifestError(str(path), "plugin_runtime.max_open_files", f"must be 0 or at least {MIN_OPEN_FILES}, got {max_open_files}")
     runtime = RuntimeOptions(
         enabled=get("enabled", (bool,), defaults.enabled),
         auto_start=get("auto_start", (bool,), defaults.auto_start),
@@ -139,7 +156,12 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         restart=restart,
         max_restarts=int(_positive(path, "plugin_runtime.max_restarts", get("max_restarts", (int,), defaults.max_restarts), allow_zero=True)),
         restart_window=float(_positive(path, "plugin_runtime.restart_window", get("restart_window", number, defaults.restart_window))),
-        memory_limit_mb=None if not memory else int(_positive(path, "plugin_runtime.memory_limit_mb", memory)),
+        memory_limit_mb=int(_positive(path, "plugin_runtime.memory_limit_mb", get("memory_limit_mb", (int,), defaults.memory_limit_mb), allow_zero=True)),
+        cpu_time_limit=float(_positive(path, "plugin_runtime.cpu_time_limit", get("cpu_time_limit", number, defaults.cpu_time_limit), allow_zero=True)),
+        max_open_files=max_open_files,
+        max_processes=int(_positive(path, "plugin_runtime.max_processes", get("max_processes", (int,), defaults.max_processes), allow_zero=True)),
+        sandbox=None if sandbox is None else "required" if sandbox == "required" else "on" if sandbox else "off",
+        network=get("network", (bool,), defaults.network),
     )
     return Manifest(
         id=plugin_id,

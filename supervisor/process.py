@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 
 import protocol
+from supervisor.manifest import RuntimeOptions
 
 # What an ordinary program needs; everything else (API keys, tokens, cloud
 # credentials) stays in the host.
@@ -38,11 +39,30 @@ def worker_env(extra_allow: Iterable[str] = (), source: Mapping[str, str] | None
     # must be found through PYTHONPATH when the project is not installed.
     env["PYTHONPATH"] = str(CODE_ROOT)
     env.setdefault("PATH", os.defpath)
+    # Fewer malloc arenas: less address space reserved per thread, so the
+    # RLIMIT_DATA backstop measures the plugin's data rather than glibc's spares.
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 
-def worker_command(plugin_dir: Path, max_frame_size: int) -> list[str]:
-    return [
+# Room a worker needs beyond its plugin's data under RLIMIT_DATA: each thread's
+# stack counts (8 MiB reserved by default), so the backstop grows with the pool.
+THREAD_STACK_MB = 8
+BACKSTOP_THREADS = 16  # the event loop's helpers, timers, a plugin's own threads
+
+
+def data_limit_mb(runtime: RuntimeOptions) -> int:
+    """The kernel backstop behind the memory watcher: twice the limit (at least
+    256 MiB more) plus every possible pool thread's stack, so it never fires on a
+    plugin the watcher would leave alone. 0 when there is no memory limit."""
+    limit = runtime.memory_limit_mb
+    if not limit:
+        return 0
+    return limit + max(limit, 256) + (runtime.max_concurrency + BACKSTOP_THREADS) * THREAD_STACK_MB
+
+
+def worker_command(plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off") -> list[str]:
+    command = [
         sys.executable,
         "-P",  # never import from the cwd (the plugin folder): a plugin's msgpack.py must not shadow ours
         "-m",
@@ -52,13 +72,24 @@ def worker_command(plugin_dir: Path, max_frame_size: int) -> list[str]:
         str(os.getpid()),
         "--max-frame-size",
         str(max_frame_size),
+        "--sandbox",
+        sandbox,
     ]
+    if runtime is not None:
+        command += [
+            "--data-limit-mb", str(data_limit_mb(runtime)),
+            "--cpu-time-limit", str(runtime.cpu_time_limit),
+            "--max-open-files", str(runtime.max_open_files),
+        ]
+        if runtime.network:
+            command.append("--network")
+    return command
 
 
-def spawn(plugin_dir: Path, max_frame_size: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Start `python -m worker` in the plugin folder, in its own process group, no shell."""
+def spawn(plugin_dir: Path, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Start the worker `command` in the plugin folder, in its own process group, no shell."""
     return subprocess.Popen(
-        worker_command(plugin_dir, max_frame_size),
+        command,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

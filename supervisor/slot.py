@@ -37,6 +37,7 @@ from supervisor.lifecycle import PLUGIN_MOVES, PluginState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest, load_manifest
 from supervisor.policy import Backoff, Clock, RestartBudget
+from supervisor.watch import ResourceWatcher
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,8 @@ class SlotOptions:
     cancel_grace: float
     log_dir: Path | None
     clock: Clock = time.monotonic
+    sandbox: str = "off"                    # for plugins whose manifest does not say
+    watcher: ResourceWatcher | None = None  # measures every worker's tree; enforces the limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +73,10 @@ class PluginStatus:
     queued: int
     folder: str
     log_path: str | None
+    memory_rss: int | None     # bytes, the worker's whole tree, as of the watcher's last look
+    cpu_time: float | None     # CPU seconds of the current worker's tree
+    processes: int | None      # processes in the worker's tree, the worker included
+    protections: dict[str, Any]  # what confines the current worker, as it reported it (see README, Security)
 
 
 class PluginSlot:
@@ -115,6 +122,7 @@ class PluginSlot:
         handle = self._handle
         running = handle is not None and self.state is PluginState.RUNNING
         loop_time = asyncio.get_running_loop().time() if running else 0.0
+        usage = handle.usage if handle is not None and handle.alive else None
         return PluginStatus(
             id=self.id,
             name=self.manifest.name if self.manifest else self.id,
@@ -132,6 +140,10 @@ class PluginSlot:
             queued=self._queued,
             folder=str(self.folder),
             log_path=str(self.log.path) if self.log.path else None,
+            memory_rss=usage.rss if usage is not None else None,
+            cpu_time=usage.cpu_time if usage is not None else None,
+            processes=usage.count if usage is not None else None,
+            protections=dict(handle.protections) if handle is not None and handle.alive else {},
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -238,7 +250,7 @@ class PluginSlot:
             self._move(PluginState.STARTING)
             handle = WorkerHandle(
                 self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
-                on_death=self._worker_died,
+                on_death=self._worker_died, sandbox=runtime.sandbox or self.options.sandbox, watcher=self.options.watcher,
             )
             self._handle = handle
             try:

@@ -24,6 +24,7 @@ from supervisor.lifecycle import PluginState
 from supervisor.manifest import discover
 from supervisor.policy import Clock
 from supervisor.slot import PluginSlot, PluginStatus, SlotOptions
+from supervisor.watch import DEFAULT_WATCH_INTERVAL, ResourceWatcher
 
 DEFAULT_CANCEL_GRACE = 1.0
 
@@ -44,6 +45,10 @@ class Supervisor:
       `False` keeps logs in memory only.
     - `env_allow`: extra environment variable names passed to workers.
     - `clock`: monotonic seconds for the restart budget (tests pass a fake one).
+    - `sandbox`: the Landlock sandbox for plugins whose manifest has no `sandbox` key:
+      False, True, or "required" (refuse to start a plugin the kernel cannot sandbox).
+    - `watch_interval`: seconds between two looks at every worker's process tree
+      (memory, CPU time and process limits are enforced at this pace).
     """
 
     def __init__(
@@ -56,12 +61,19 @@ class Supervisor:
         log_dir: str | os.PathLike[str] | bool | None = None,
         env_allow: Iterable[str] = (),
         clock: Clock = time.monotonic,
+        sandbox: bool | str = False,
+        watch_interval: float = DEFAULT_WATCH_INTERVAL,
     ) -> None:
         if not isinstance(max_frame_size, int) or max_frame_size < 1024:
             raise ValueError(f"max_frame_size must be an int of at least 1024 bytes, got {max_frame_size!r}")
         if not _positive_number(cancel_grace):
             raise ValueError(f"cancel_grace must be a positive number of seconds, got {cancel_grace!r}")
+        if sandbox not in (False, True, "required"):
+            raise ValueError(f'sandbox must be False, True or "required", got {sandbox!r}')
+        if not _positive_number(watch_interval):
+            raise ValueError(f"watch_interval must be a positive number of seconds, got {watch_interval!r}")
         self.plugins_dir = Path(plugins_dir).resolve()
+        self._watcher = ResourceWatcher(float(watch_interval))
         self.auto_start = auto_start
         if log_dir is False:
             resolved_log_dir = None
@@ -75,6 +87,8 @@ class Supervisor:
             cancel_grace=float(cancel_grace),
             log_dir=resolved_log_dir,
             clock=clock,
+            sandbox="required" if sandbox == "required" else "on" if sandbox else "off",
+            watcher=self._watcher,
         )
         self._slots: dict[str, PluginSlot] = {}
         self._started = False
@@ -121,6 +135,7 @@ class Supervisor:
         finally:
             for slot in self._slots.values():
                 slot.close()
+            await self._watcher.close()
 
     # -- one plugin -------------------------------------------------------------------
     async def call(

@@ -21,6 +21,7 @@ from typing import Any
 
 from protocol import Call, ErrorInfo, ProtocolError, Result, encode_message
 from protocol.streams import BlockingWriter
+from worker.confine import die_of_memory_error
 from worker.loader import Entry
 from worker.sdk import Err, Ok
 
@@ -125,8 +126,12 @@ class Dispatcher:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def _sync_done(self, call_id: int, _future: concurrent.futures.Future[None]) -> None:
-        self.loop.call_soon_threadsafe(self._forget, call_id)  # runs on the pool thread
+    def _sync_done(self, call_id: int, future: concurrent.futures.Future[None]) -> None:
+        # Runs on the pool thread. _run_sync answers every error of the entry; one
+        # that escaped it came from sending the answer (e.g. out of memory encoding it).
+        if not future.cancelled() and isinstance(future.exception(), MemoryError):
+            die_of_memory_error()
+        self.loop.call_soon_threadsafe(self._forget, call_id)
 
     def _forget(self, call_id: int) -> None:
         self.in_flight.pop(call_id, None)
@@ -138,6 +143,8 @@ class Dispatcher:
             value = await entry.func(**call.args)
         except asyncio.CancelledError:
             raise  # reported by _async_done
+        except MemoryError:
+            die_of_memory_error()
         except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
@@ -148,6 +155,8 @@ class Dispatcher:
         # _run_async's body, so the answer for a cancelled task is sent here.
         if task.cancelled():
             self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", "cancelled by the caller"))
+        elif isinstance(task.exception(), MemoryError):
+            die_of_memory_error()  # from sending the answer; the entry's own errors are answered in _run_async
         self._forget(call_id)
 
     # -- pool threads ----------------------------------------------------
@@ -157,6 +166,8 @@ class Dispatcher:
             if inspect.isawaitable(value):
                 # A sync-looking wrapper around an async function: finish it on the loop.
                 value = asyncio.run_coroutine_threadsafe(_await(value), self.loop).result()
+        except MemoryError:
+            die_of_memory_error()
         except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:

@@ -38,8 +38,10 @@ from protocol import (
     Ready,
     Shutdown,
 )
+from protocol.exits import EXIT_OK, EXIT_START_FAILED
 from protocol.messages import EntryInfo
 from protocol.streams import BlockingWriter, MessageProtocol
+from worker.confine import Limits, SandboxRefused, confine, die_of_memory_error, kill_descendants
 from worker.dispatch import Dispatcher, error_from_exception
 from worker.loader import (
     Timer,
@@ -50,8 +52,6 @@ from worker.loader import (
 )
 from worker.sdk import PluginContext
 
-EXIT_OK = 0
-EXIT_START_FAILED = 3
 EOF_EXIT_GRACE = 1.5  # seconds to run shutdown hooks once the supervisor is gone
 
 
@@ -79,6 +79,8 @@ def install_logging(writer: BlockingWriter) -> None:
     logging.captureWarnings(True)
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if isinstance(args.exc_value, MemoryError):
+            die_of_memory_error()
         logging.getLogger("worker").error(
             "unhandled exception in thread %s", getattr(args.thread, "name", "?"),
             exc_info=(args.exc_type, args.exc_value or args.exc_type(), args.exc_traceback),
@@ -101,6 +103,8 @@ class TimerThread(threading.Thread):
                     asyncio.run_coroutine_threadsafe(self.timer.func(), self.loop).result()
                 else:
                     self.timer.func()
+            except MemoryError:
+                die_of_memory_error()
             except Exception:
                 self.logger.exception("timer %r failed; it keeps running", self.timer.id)
 
@@ -128,6 +132,8 @@ class Session:
             parts = collect_parts(instance)
             for hook in parts.startup:
                 await _run_hook(hook)
+        except MemoryError:
+            die_of_memory_error()
         except BaseException as exc:
             self.writer.send(Fatal(error_from_exception("start_failed", exc)))
             return EXIT_START_FAILED
@@ -209,12 +215,15 @@ def _exit_after(seconds: float) -> None:
 
 def _hard_exit(code: int) -> None:
     with contextlib.suppress(Exception):
+        kill_descendants()
         sys.stderr.flush()
     os._exit(code)
 
 
 def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     exc = context.get("exception")
+    if isinstance(exc, MemoryError):
+        die_of_memory_error()
     logging.getLogger("worker").error(context.get("message", "event loop error"), exc_info=exc)
 
 
@@ -232,12 +241,24 @@ def _after_fork_in_child(in_fd: int, out_fd: int) -> None:
     root.handlers[:] = [logging.StreamHandler(sys.stderr)]
 
 
-def serve(plugin_dir: Path, in_fd: int, out_fd: int, max_frame_size: int) -> int:
+def serve(plugin_dir: Path, in_fd: int, out_fd: int, max_frame_size: int, limits: Limits | None = None) -> int:
     writer = BlockingWriter(out_fd, max_frame_size)
     os.register_at_fork(after_in_child=lambda: _after_fork_in_child(in_fd, out_fd))
-    writer.send(Hello(PROTOCOL_VERSION, os.getpid()))
+    refused: SandboxRefused | None = None
+    try:
+        protections = confine(plugin_dir, limits or Limits())
+    except SandboxRefused as exc:
+        refused, protections = exc, {"sandbox": {"abi": 0, "reason": str(exc)}}
+    writer.send(Hello(PROTOCOL_VERSION, os.getpid(), protections))
+    if refused is not None:
+        writer.send(Fatal(error_from_exception("start_failed", refused)))
+        return EXIT_START_FAILED
     install_logging(writer)
     session = Session(plugin_dir, writer, in_fd, max_frame_size)
-    code = asyncio.run(session.run())
+    try:
+        code = asyncio.run(session.run())
+    finally:
+        # Whatever the plugin started dies with the worker, also on a clean exit.
+        kill_descendants()
     logging.shutdown()
     return code

@@ -61,7 +61,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert r.restart == "on-failure"
     assert r.max_restarts == 5
     assert r.restart_window == 60.0
-    assert r.memory_limit_mb is None
+    assert (r.memory_limit_mb, r.cpu_time_limit, r.max_open_files, r.max_processes) == (1024, 0.0, 1024, 64)
+    assert (r.sandbox, r.network) == (None, False)
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
@@ -111,9 +112,29 @@ def test_every_restart_policy_is_accepted(tmp_path: Path, policy: str) -> None:
     assert manifest.runtime.restart == policy
 
 
-def test_memory_limit_of_zero_means_none(tmp_path: Path) -> None:
-    manifest = parse_manifest(tmp_path / "demo" / "plugin.toml", runtime("memory_limit_mb = 0"))
-    assert manifest.runtime.memory_limit_mb is None
+def test_limits_of_zero_mean_none(tmp_path: Path) -> None:
+    text = runtime("memory_limit_mb = 0\ncpu_time_limit = 0\nmax_open_files = 0\nmax_processes = 0")
+    r = parse_manifest(tmp_path / "demo" / "plugin.toml", text).runtime
+    assert (r.memory_limit_mb, r.cpu_time_limit, r.max_open_files, r.max_processes) == (0, 0.0, 0, 0)
+
+
+@pytest.mark.parametrize(("literal", "mode"), [("true", "on"), ("false", "off"), ('"required"', "required")])
+def test_sandbox_modes(tmp_path: Path, literal: str, mode: str) -> None:
+    manifest = parse_manifest(tmp_path / "demo" / "plugin.toml", runtime(f"sandbox = {literal}\nnetwork = true"))
+    assert (manifest.runtime.sandbox, manifest.runtime.network) == (mode, True)
+
+
+@pytest.mark.parametrize(("line", "key"), [
+    ('sandbox = "yes"', "plugin_runtime.sandbox"),
+    ("sandbox = 1", "plugin_runtime.sandbox"),
+    ('network = "on"', "plugin_runtime.network"),
+    ("max_open_files = 8", "plugin_runtime.max_open_files"),
+    ("max_processes = -1", "plugin_runtime.max_processes"),
+    ("cpu_time_limit = nan", "plugin_runtime.cpu_time_limit"),
+])
+def test_bad_safety_keys_name_file_and_key(tmp_path: Path, line: str, key: str) -> None:
+    path, error = load_error(tmp_path, runtime(line))
+    assert_names(error, path, key)
 
 
 def test_id_defaults_to_the_folder_name(tmp_path: Path) -> None:
@@ -154,6 +175,16 @@ WRONG_TYPES = [
     ("restart_window", "true"),
     ("memory_limit_mb", '"256"'),
     ("memory_limit_mb", "true"),
+    ("cpu_time_limit", '"60"'),
+    ("cpu_time_limit", "true"),
+    ("max_open_files", "64.0"),
+    ("max_open_files", '"64"'),
+    ("max_processes", "false"),
+    ("max_processes", "8.5"),
+    ("sandbox", "1"),
+    ("sandbox", '"on"'),
+    ("network", '"true"'),
+    ("network", "1"),
 ]
 
 
