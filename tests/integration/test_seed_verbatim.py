@@ -20,6 +20,7 @@ import pytest
 from aiohttp import web
 
 from supervisor import EntryFailed, Supervisor
+from worker import landlock
 
 ROOT = Path(__file__).resolve().parents[2]
 PAGE = ROOT / "docs" / "advanced-topics.md"
@@ -60,7 +61,7 @@ def write_plugins(root: Path) -> dict[str, str]:
         plugin_id = f"seed{index}"
         folder = root / plugin_id
         folder.mkdir(parents=True)
-        (folder / "plugin.toml").write_text(f'[plugin]\nid = "{plugin_id}"\nname = "{title}"\n\n[plugin_runtime]\ncall_timeout = 30\n')
+        (folder / "plugin.toml").write_text(f'[plugin]\nid = "{plugin_id}"\nname = "{title}"\n\n[plugin_runtime]\ncall_timeout = 30\nnetwork = true\n')
         (folder / "__init__.py").write_text(as_plugin_source(example))
         ids[title] = plugin_id
     return ids
@@ -82,7 +83,8 @@ def test_the_page_has_the_five_examples() -> None:
     ]
 
 
-async def test_every_example_runs_unchanged_in_a_worker(tmp_path: Path) -> None:
+@pytest.mark.parametrize("sandbox", [False, True], ids=["plain", "sandboxed"])
+async def test_every_example_runs_unchanged_in_a_worker(tmp_path: Path, sandbox: bool) -> None:
     async def payload(_request: web.Request) -> web.Response:
         return web.json_response({"temperature": 21})
 
@@ -96,9 +98,10 @@ async def test_every_example_runs_unchanged_in_a_worker(tmp_path: Path) -> None:
     url = f"http://{host}:{port}/data"
     ids = write_plugins(tmp_path / "plugins")
     try:
-        async with Supervisor(tmp_path / "plugins", log_dir=tmp_path / "logs") as sup:
+        async with Supervisor(tmp_path / "plugins", log_dir=tmp_path / "logs", sandbox=sandbox) as sup:
             for plugin_id in ids.values():
                 assert sup.status(plugin_id).state == "running", sup.status(plugin_id).error
+                assert bool(sup.status(plugin_id).protections["sandbox"]["abi"]) is (sandbox and landlock.abi_version() > 0)
 
             async_id = ids["Async programming"]
             assert await sup.call(async_id, "async_task", {"url": url}) == {"data": {"temperature": 21}}
