@@ -29,6 +29,7 @@ from supervisor.errors import (
     PluginError,
     PluginNotFound,
 )
+from supervisor.slot import PluginStatus
 from supervisor.supervisor import Supervisor
 
 EXIT_FAILED = 1
@@ -81,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="call timeout in seconds")
     for sub in (list_cmd, call):  # -v also after the subcommand
         sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+        sub.add_argument(
+            "--sandbox", choices=("off", "on", "required"), default="off",
+            help="Landlock sandbox for plugins whose plugin.toml does not say (default off; see README, Security)",
+        )
     return parser
 
 
@@ -91,8 +96,9 @@ async def _call(ns: argparse.Namespace) -> int:
         raise UsageError(f"--args is not valid JSON: {exc}") from None
     if not isinstance(args, dict):
         raise UsageError(f"--args must be a JSON object, got {type(args).__name__}")
-    async with Supervisor(ns.plugins_dir, auto_start=False) as sup:
+    async with Supervisor(ns.plugins_dir, auto_start=False, sandbox=_sandbox(ns)) as sup:
         await sup.start_plugin(ns.plugin)
+        _warn_if_unsandboxed(sup.status(ns.plugin))
         try:
             value = await sup.call(ns.plugin, ns.entry, args, timeout=ns.timeout)
         except PluginError as exc:
@@ -108,7 +114,7 @@ async def _call(ns: argparse.Namespace) -> int:
 
 
 async def _list(ns: argparse.Namespace) -> list[dict[str, Any]]:
-    async with Supervisor(ns.plugins_dir, auto_start=False) as sup:
+    async with Supervisor(ns.plugins_dir, auto_start=False, sandbox=_sandbox(ns)) as sup:
         async def probe(plugin_id: str) -> None:
             status = sup.status(plugin_id)
             if status.state == "stopped":  # enabled and with a good manifest
@@ -129,6 +135,18 @@ async def _list(ns: argparse.Namespace) -> list[dict[str, Any]]:
                 }
             )
         return rows
+
+
+def _sandbox(ns: argparse.Namespace) -> bool | str:
+    modes: dict[str, bool | str] = {"off": False, "on": True, "required": "required"}
+    return modes[ns.sandbox]
+
+
+def _warn_if_unsandboxed(status: PluginStatus) -> None:
+    """A sandbox that was asked for and did not apply is never silent."""
+    sandbox = status.protections.get("sandbox", {})
+    if sandbox.get("requested", "off") != "off" and not sandbox.get("abi"):
+        print(f"neko-supervisor: warning: plugin {status.id!r} runs WITHOUT its sandbox: {sandbox['reason']}", file=sys.stderr)
 
 
 def _print_table(rows: list[dict[str, Any]]) -> None:

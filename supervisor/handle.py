@@ -394,10 +394,12 @@ class WorkerHandle:
                 "max_processes": runtime.max_processes or None,
             },
         }
-        sandbox = hello.protections.get("sandbox")
-        if self.sandbox != "off" and not (isinstance(sandbox, dict) and sandbox.get("abi")):
-            reason = sandbox.get("reason", "unknown") if isinstance(sandbox, dict) else "not reported"
-            self.log.event(f"the sandbox was requested but is NOT applied: {reason}", logging.WARNING)
+        reported = hello.protections.get("sandbox")
+        sandbox = {**reported} if isinstance(reported, dict) else {"abi": 0, "reason": "not reported by the worker"}
+        sandbox["requested"] = self.sandbox
+        self.protections["sandbox"] = sandbox
+        if self.sandbox != "off" and not sandbox.get("abi"):
+            self.log.event(f"the sandbox was requested but is NOT applied: {sandbox.get('reason') or 'unknown'}", logging.WARNING)
 
     def _on_result(self, result: Result) -> None:
         pending = self._pending.pop(result.call_id, None)

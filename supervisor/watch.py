@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Protocol
 
 import psutil
@@ -22,6 +23,8 @@ from supervisor import containment
 from supervisor.containment import TreeUsage
 
 DEFAULT_WATCH_INTERVAL = 0.25
+
+logger = logging.getLogger("supervisor.watch")
 
 
 class Watched(Protocol):
@@ -59,11 +62,15 @@ class ResourceWatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while self._watched:
-            targets = [(handle, handle.watch_target, handle.known_processes()) for handle in list(self._watched)]
-            usages = await loop.run_in_executor(None, _measure_all, [(target, known) for _, target, known in targets])
-            for (handle, _, _), usage in zip(targets, usages, strict=True):
-                if usage is not None and handle in self._watched:
-                    handle.observe(usage)
+            try:
+                targets = [(handle, handle.watch_target, handle.known_processes()) for handle in list(self._watched)]
+                usages = await loop.run_in_executor(None, _measure_all, [(target, known) for _, target, known in targets])
+                for (handle, _, _), usage in zip(targets, usages, strict=True):
+                    if usage is not None and handle in self._watched:
+                        handle.observe(usage)
+            except Exception:
+                # Limits go unenforced while this fails: say so loudly, and keep trying.
+                logger.exception("the resource watcher failed a look at the workers")
             await asyncio.sleep(self.interval)  # the sampling period
 
 
