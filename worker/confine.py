@@ -41,6 +41,9 @@ CAP_SYS_RESOURCE = 24
 LAST_CAP = 63  # PR_CAPBSET_DROP rejects numbers past the kernel's last capability with EINVAL
 SANDBOX_MODES = ("off", "on", "required")
 
+# Set once the sandbox confines this process's signals to its own descendants.
+_signals_scoped = False
+
 
 @dataclass(frozen=True, slots=True)
 class Limits:
@@ -75,6 +78,8 @@ def confine(plugin_dir: Path, limits: Limits) -> dict[str, Any]:
     report["subreaper"] = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if limits.sandbox != "off":
         report["sandbox"] = _apply_sandbox(plugin_dir, limits)
+        global _signals_scoped
+        _signals_scoped = bool(report["sandbox"].get("abi")) and report["sandbox"].get("signals_scoped") is True
         if not report["sandbox"]["abi"] and limits.sandbox == "required":
             raise SandboxRefused(f"sandbox = \"required\" but it cannot be applied: {report['sandbox']['reason']}")
     else:
@@ -165,30 +170,39 @@ def die_of_memory_error() -> NoReturn:
     trusted, and the supervisor restarts a fresh worker. No allocation on this path."""
     with contextlib.suppress(OSError):
         os.write(2, b"MemoryError: the worker ran out of memory; exiting (a MemoryError is fatal in a worker)\n")
+    with contextlib.suppress(BaseException):  # may itself run out of memory; the exit must happen
+        kill_descendants()
     os._exit(EXIT_OUT_OF_MEMORY)
 
 
 def kill_descendants() -> None:
     """SIGKILL every descendant of this worker (the worker is their subreaper, so
-    double-forked ones are still below it). Stop first, then kill: a stopped
-    process cannot fork another child between our look and our kill."""
+    double-forked ones are still below it)."""
+    if _signals_scoped:
+        # Sandboxed with scoped signals: /proc is closed to us, but the kernel
+        # lets this process signal only its own sandbox, which holds exactly its
+        # descendants. kill(-1) skips the caller, and a fork racing it is aborted.
+        with contextlib.suppress(OSError):
+            os.kill(-1, signal.SIGKILL)
+        return
     try:
         import psutil  # only needed on the way out
     except ImportError:
         return
+    # Stop first, then kill: a stopped process cannot fork another child between our look and our kill.
     me = psutil.Process()
     stopped: dict[int, psutil.Process] = {}
     for _ in range(100):  # each round stops at least one more process, or ends
         try:
             fresh = [p for p in me.children(recursive=True) if p.pid not in stopped]
-        except psutil.Error:
+        except (psutil.Error, OSError):  # /proc unreadable (a sandbox without signal scoping)
             break
         if not fresh:
             break
         for proc in fresh:
-            with contextlib.suppress(psutil.Error):
+            with contextlib.suppress(psutil.Error, OSError):
                 proc.send_signal(signal.SIGSTOP)
             stopped[proc.pid] = proc
     for proc in stopped.values():
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):
             proc.kill()

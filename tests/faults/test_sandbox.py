@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from supervisor import PluginUnavailable, Supervisor
-from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins
+from supervisor import PluginUnavailable, Supervisor, WorkerCrashed
+from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
 from tests.faults.helpers import set_runtime
 from worker import landlock
 
@@ -157,5 +157,32 @@ async def test_a_required_sandbox_refuses_to_start_without_landlock(tmp_path: Pa
         with pytest.raises(PluginUnavailable):
             await sup.call("intruder", "ping")
         assert await sup.call("persistent", "keys") == {"keys": []}  # the others run on
+    finally:
+        await sup.stop()
+
+
+# -- containment inside the sandbox -------------------------------------------------------
+
+@pytest.mark.parametrize("ending", ["stop", "restart", "crash"])
+async def test_a_sandboxed_workers_descendants_die_with_it(tmp_path: Path, ending: str) -> None:
+    """/proc is closed inside the sandbox: the worker cannot list its children, yet they must die."""
+    root = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["hog"])
+    set_runtime(root / "hog", sandbox=True, max_restarts=10)
+    sup = await start(root, tmp_path, watch_interval=30)  # no snapshot from the watcher: the worker and the kill must do it
+    try:
+        forked = await sup.call("hog", "fork", {"count": 3})
+        escapee = await sup.call("hog", "escape")
+        victims = [*forked, escapee]
+        assert all(pid_alive(pid) for pid in victims)
+        if ending == "stop":
+            await sup.stop_plugin("hog")
+            exit_info = sup.status("hog").last_exit
+            assert exit_info is not None and exit_info.returncode == 0, exit_info  # a clean exit, not a crash on the way out
+        elif ending == "restart":
+            await sup.restart("hog")
+        else:
+            with pytest.raises(WorkerCrashed):
+                await sup.call("hog", "bomb", {"mb": 1 << 20})  # MemoryError: the worker exits on its own (code 4)
+        assert not [pid for pid in victims if pid_alive(pid)]
     finally:
         await sup.stop()

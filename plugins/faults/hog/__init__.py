@@ -8,7 +8,7 @@ test without the protection it probes still ends (and proves the attempt works).
   the pool: a plugin well under its limit, with threads).
 - `spin(seconds)`: burn CPU.
 - `open_files(limit)`: open /dev/null until refused or `limit` reached; returns the count and the error.
-- `fork(count, pause=0)`: start `count` children that sleep, `pause` seconds apart; returns their pids.
+- `fork(count, pause=0)`: fork `count` children that sleep, `pause` seconds apart; returns their pids.
 - `escape()`: a grandchild that double-forks, calls setsid and clears its
   environment (no tag left to find it by); returns its pid.
 - `children()`: pids of the worker's live descendants.
@@ -16,7 +16,7 @@ test without the protection it probes still ends (and proves the attempt works).
 """
 
 import os
-import subprocess
+import sys
 import time
 
 from worker.sdk import NekoPluginBase, plugin_entry
@@ -90,9 +90,13 @@ class HogPlugin(NekoPluginBase):
     @plugin_entry(id="fork")
     def fork(self, count: int, pause: float = 0, **_):
         for _ in range(count):
-            self.procs.append(subprocess.Popen(["sleep", "600"]))
+            pid = os.fork()
+            if pid == 0:  # child: sleep, never return into the worker's code
+                time.sleep(600)
+                os._exit(0)
+            self.procs.append(pid)
             time.sleep(pause)
-        return [p.pid for p in self.procs]
+        return list(self.procs)
 
     @plugin_entry(id="escape")
     def escape(self, **_):
@@ -104,7 +108,9 @@ class HogPlugin(NekoPluginBase):
             if os.fork() == 0:
                 os.write(write_end, str(os.getpid()).encode())
                 os.close(write_end)
-                os.execve("/bin/sleep", ["sleep", "600"], {})  # no environment: no tag
+                # No environment: no tag to find it by. The interpreter, not /bin/sleep:
+                # a sandboxed plugin may execute only what Python needs.
+                os.execve(sys.executable, [sys.executable, "-c", "import time; time.sleep(600)"], {})
             os._exit(0)
         os.close(write_end)
         os.waitpid(pid, 0)
