@@ -230,6 +230,15 @@ class WorkerHandle:
     def known_processes(self) -> dict[int, psutil.Process]:
         return {proc.pid: proc for proc in self.usage.processes} if self.usage is not None else {}
 
+    async def _look_at_tree(self) -> None:
+        target = self.watch_target
+        if target is None:
+            return
+        known = self.known_processes()
+        usage = await asyncio.to_thread(lambda: containment.measure(target, containment.parent_map(), known))
+        if not self._exited:
+            self.usage = usage
+
     def observe(self, usage: TreeUsage) -> None:
         """The watcher's latest look at the tree: keep it, and kill a worker over its limits."""
         if self._exited:
@@ -308,6 +317,9 @@ class WorkerHandle:
         if await self._wait_dead_for(shutdown_timeout):
             return await self.wait_dead()
         self.log.event(f"worker {self.pid} did not exit within {shutdown_timeout:g} s of shutdown; sending SIGTERM")
+        # SIGTERM ends the worker without its own cleanup of its children: look at
+        # the tree now, so _kill_remains finds them after it dies.
+        await self._look_at_tree()
         self._signal(signal.SIGTERM)
         if await self._wait_dead_for(SIGTERM_GRACE):
             return await self.wait_dead()

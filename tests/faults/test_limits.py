@@ -5,6 +5,7 @@ told why, and the plugin comes back."""
 from __future__ import annotations
 
 import asyncio
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -152,3 +153,15 @@ async def test_an_escaped_grandchild_dies_when_its_worker_is_killed_from_outside
         psutil.Process(worker).kill()
         await wait_for(lambda: sup.status("hog").restarts == 1 and sup.status("hog").state == "running")
         await wait_for(lambda: not pid_alive(escapee), timeout=5)
+
+
+async def test_an_escaped_grandchild_dies_when_sigterm_ends_its_worker(tmp_path: Path) -> None:
+    # SIGTERM's default action ends the worker before it can clean up; the
+    # watcher never looked (interval 30 s): the stop sequence must look itself.
+    async with supervising(tmp_path, ["hog"], hog(shutdown_timeout=0.2), watch_interval=30) as sup:
+        escapee = await sup.call("hog", "escape")
+        await sup.call("hog", "block_shutdown")
+        await sup.stop_plugin("hog")
+        exit_info = sup.status("hog").last_exit
+        assert exit_info is not None and exit_info.signal == signal.SIGTERM, exit_info
+        assert not pid_alive(escapee)

@@ -13,13 +13,16 @@ test without the protection it probes still ends (and proves the attempt works).
   environment (no tag left to find it by); returns its pid.
 - `children()`: pids of the worker's live descendants.
 - `release()`: drop what `grow` kept.
+- `block_shutdown()`: from now on the shutdown hook never returns, so a stop
+  must escalate to SIGTERM (which ends the worker with no cleanup of its own).
 """
 
 import os
 import sys
+import threading
 import time
 
-from worker.sdk import NekoPluginBase, plugin_entry
+from worker.sdk import NekoPluginBase, lifecycle, plugin_entry
 
 MB = 1024 * 1024
 
@@ -36,6 +39,17 @@ class HogPlugin(NekoPluginBase):
         super().__init__(ctx)
         self.kept = []
         self.procs = []
+        self.shutdown_blocked = False
+
+    @lifecycle(id="shutdown")
+    def on_shutdown(self):
+        if self.shutdown_blocked:
+            threading.Event().wait()
+
+    @plugin_entry(id="block_shutdown")
+    def block_shutdown(self, **_):
+        self.shutdown_blocked = True
+        return True
 
     @plugin_entry(id="ping")
     def ping(self, **_):
