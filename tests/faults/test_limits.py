@@ -165,3 +165,18 @@ async def test_an_escaped_grandchild_dies_when_sigterm_ends_its_worker(tmp_path:
         exit_info = sup.status("hog").last_exit
         assert exit_info is not None and exit_info.signal == signal.SIGTERM, exit_info
         assert not pid_alive(escapee)
+
+
+async def test_the_kernel_limits_are_really_in_force_seen_from_outside(tmp_path: Path) -> None:
+    runtime = hog(memory_limit_mb=100, cpu_time_limit=7, max_open_files=128)
+    async with supervising(tmp_path, ["hog"], runtime) as sup:
+        status = sup.status("hog")
+        assert status.pid is not None
+        worker = psutil.Process(status.pid)  # read from /proc: not what the worker claims, what the kernel holds
+        assert worker.rlimit(psutil.RLIMIT_CORE) == (0, 0)
+        assert worker.rlimit(psutil.RLIMIT_NOFILE) == (128, 128)
+        assert worker.rlimit(psutil.RLIMIT_CPU) == (8, 9)
+        data_soft, _ = worker.rlimit(psutil.RLIMIT_DATA)
+        assert data_soft == status.protections["data_limit_mb"] * 1024 * 1024
+        assert 200 * 1024 * 1024 <= data_soft < 2048 * 1024 * 1024
+        assert worker.environ().get("MALLOC_ARENA_MAX") == "2"

@@ -86,6 +86,10 @@ async def test_the_status_says_what_applied(sup_and_mode: tuple[Supervisor, bool
     assert (report["abi"] > 0) is sandboxed
     assert report.get("filesystem", False) is sandboxed
     assert sup.status("persistent").protections["sandbox"]["abi"] == 0  # its manifest did not ask
+    # Seen from outside, in /proc: a sandboxed worker holds no capability and cannot gain one.
+    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{sup.status('intruder').pid}/status").read_text().splitlines())
+    assert (int(status["CapEff"], 16) == 0) is (sandboxed or os.getuid() != 0)
+    assert (status["NoNewPrivs"].strip() == "1") is sandboxed
 
 
 @pytest.mark.parametrize("network", [False, True])
