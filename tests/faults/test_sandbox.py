@@ -48,6 +48,12 @@ async def sup_and_mode(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
         await sup.stop()
 
 
+def proc_status(pid: int | None) -> dict[str, str]:
+    """The fields of /proc/<pid>/status, as the kernel sees the process."""
+    text = Path(f"/proc/{pid}/status").read_text()
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
 def refused(outcome: dict[str, Any]) -> bool:
     assert outcome["ok"] or outcome["error"].startswith("PermissionError"), outcome
     return not outcome["ok"]
@@ -87,7 +93,7 @@ async def test_the_status_says_what_applied(sup_and_mode: tuple[Supervisor, bool
     assert report.get("filesystem", False) is sandboxed
     assert sup.status("persistent").protections["sandbox"]["abi"] == 0  # its manifest did not ask
     # Seen from outside, in /proc: a sandboxed worker holds no capability and cannot gain one.
-    status = dict(line.split(":\t", 1) for line in Path(f"/proc/{sup.status('intruder').pid}/status").read_text().splitlines())
+    status = proc_status(sup.status("intruder").pid)
     assert (int(status["CapEff"], 16) == 0) is (sandboxed or os.getuid() != 0)
     assert (status["NoNewPrivs"].strip() == "1") is sandboxed
 
