@@ -64,6 +64,7 @@ from supervisor.watch import ResourceWatcher
 
 SIGTERM_GRACE = 2.0      # after SIGTERM, this long before SIGKILL
 PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
+STDOUT_EOF_GRACE = 0.5    # after the protocol output closes, how long the exit may take to be seen
 STRAY_KILL_TIMEOUT = 1.0  # how long to wait for killed descendants to disappear
 
 
@@ -441,7 +442,16 @@ class WorkerHandle:
     def _on_stdout_closed(self, error: BaseException | None) -> None:
         if error is not None:
             self._violation(str(error))
+        elif not self._exited:
+            # A worker that exits closes its stdout a moment before its exit is
+            # seen; one still alive after that has shut the only way an answer
+            # can come, and every call to it would wait for its timeout.
+            self._loop.call_later(STDOUT_EOF_GRACE, self._check_closed_while_running)
         self._pipe_closed()
+
+    def _check_closed_while_running(self) -> None:
+        if not self._exited and self.state is not WorkerState.STOPPING:
+            self._violation("it closed its protocol output while still running")
 
     def _pipe_closed(self) -> None:
         self._open_pipes -= 1
