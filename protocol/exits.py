@@ -7,4 +7,5 @@ still tells the supervisor why it ended through its exit status.
 EXIT_OK = 0
 EXIT_START_FAILED = 3     # the plugin could not load; a `fatal` frame says why
 EXIT_OUT_OF_MEMORY = 4    # a MemoryError anywhere in the worker: its state can no longer be trusted
+EXIT_NO_RESOURCES = 5     # no thread could be started (memory backstop or a process limit)
 EXIT_PARENT_GONE = 70     # started after the supervisor had already died

@@ -48,29 +48,47 @@ def parent_map() -> dict[int, int]:
     return parents
 
 
-def descendants(root: int, parents: dict[int, int]) -> list[int]:
-    """Every pid below `root` in `parents`, parents before children."""
-    return _below(root, _children(parents))
-
-
-def _children(parents: dict[int, int]) -> dict[int, list[int]]:
+def children_map(parents: dict[int, int]) -> dict[int, list[int]]:
     children: dict[int, list[int]] = {}
     for pid, ppid in parents.items():
         children.setdefault(ppid, []).append(pid)
     return children
 
 
-def _below(root: int, children: dict[int, list[int]]) -> list[int]:
-    found: list[int] = []
-    seen = {root}
+def tree(root: psutil.Process, children: dict[int, list[int]], known: dict[int, psutil.Process] | None = None) -> list[psutil.Process]:
+    """`root` and its live descendants, parents first.
+
+    The table may be a moment old, and a pid in it may already name another
+    process: each one is taken only if, now, its parent is the verified process
+    above it and it is no older than that parent. Zombies are left out (they
+    run nothing and hold nothing but their pid)."""
+    known = known or {}
+    found = [root]
     todo = [root]
+    seen = {root.pid}
     while todo:
-        for child in children.get(todo.pop(), ()):
-            if child not in seen:
-                seen.add(child)
-                found.append(child)
-                todo.append(child)
+        parent = todo.pop()
+        for pid in children.get(parent.pid, ()):
+            if pid in seen:
+                continue
+            seen.add(pid)
+            proc = known.get(pid) or _process(pid)
+            if proc is not None and _alive_child_of(proc, parent):
+                found.append(proc)
+                todo.append(proc)
     return found
+
+
+def _alive_child_of(proc: psutil.Process, parent: psutil.Process) -> bool:
+    try:
+        return (
+            proc.is_running()  # for a Process from an earlier look: not a recycled pid
+            and proc.ppid() == parent.pid
+            and proc.create_time() >= parent.create_time()
+            and proc.status() != psutil.STATUS_ZOMBIE
+        )
+    except psutil.Error:
+        return False
 
 
 @dataclass(slots=True)
@@ -90,19 +108,17 @@ def measure(worker: psutil.Process, parents: dict[int, int], known: dict[int, ps
     """Measure `worker` and its descendants. `known` (pid -> Process from earlier
     looks) is reused so a process keeps its identity (and its create time) across looks."""
     usage = TreeUsage()
-    for pid in [worker.pid, *descendants(worker.pid, parents)]:
-        proc = worker if pid == worker.pid else known.get(pid) or _process(pid)
-        if proc is None:
-            continue
+    for proc in tree(worker, children_map(parents), known):
         try:
             with proc.oneshot():
-                usage.rss += proc.memory_info().rss
+                rss = proc.memory_info().rss
                 times = proc.cpu_times()
         except psutil.Error:
             continue
-        usage.cpu_time += times.user + times.system
-        if proc is worker:
-            usage.cpu_time += times.children_user + times.children_system
+        usage.rss += rss
+        # Children's time too, for every process: a middle process that reaps
+        # CPU-burning children must not launder their time out of the tree.
+        usage.cpu_time += times.user + times.system + times.children_user + times.children_system
         usage.processes.append(proc)
     return usage
 
@@ -121,22 +137,25 @@ def _running(proc: psutil.Process) -> bool:
         return False
 
 
-def kill_descendants(root: int | None, known: Iterable[psutil.Process] = ()) -> list[psutil.Process]:
+def kill_descendants(root: psutil.Process | None, known: Iterable[psutil.Process] = ()) -> list[psutil.Process]:
     """SIGSTOP, then SIGKILL, every descendant of `root` (not `root` itself: the caller
     signals it through its pidfd), every still-running process of `known` (a tree
     snapshot from before the worker died) and their descendants.
 
-    Pass `root=None` once the worker is reaped: its pid may name another process by then.
-    Returns the processes signalled."""
-    orphans = [proc for proc in known if proc.pid != root and _running(proc)]  # not a recycled pid
+    Pass `root=None` once the worker is reaped. Returns the processes signalled."""
+    if root is not None and not _running(root):
+        root = None  # already dead: its pid may be someone else's by now
+    bases = [proc for proc in known if _running(proc) and (root is None or proc.pid != root.pid)]
+    if root is not None:
+        bases.insert(0, root)
     stopped: dict[int, psutil.Process] = {}
     for _ in range(MAX_STOP_ROUNDS):
-        children = _children(parent_map())
-        fresh = {proc.pid: proc for proc in orphans if proc.pid not in stopped}
-        for base in [*([] if root is None else [root]), *(proc.pid for proc in orphans)]:
-            for pid in _below(base, children):
-                if pid not in stopped and pid not in fresh and (proc := _process(pid)) is not None:
-                    fresh[pid] = proc
+        children = children_map(parent_map())
+        fresh: dict[int, psutil.Process] = {}
+        for base in bases:
+            for proc in tree(base, children, stopped):
+                if proc.pid not in stopped and (root is None or proc.pid != root.pid):
+                    fresh[proc.pid] = proc
         if not fresh:
             break
         for proc in fresh.values():

@@ -41,7 +41,7 @@ from protocol import (
     Result,
     Shutdown,
 )
-from protocol.exits import EXIT_OUT_OF_MEMORY
+from protocol.exits import EXIT_NO_RESOURCES, EXIT_OUT_OF_MEMORY
 from protocol.streams import MessageProtocol
 from supervisor import containment, process
 from supervisor.containment import TreeUsage
@@ -124,6 +124,7 @@ class WorkerHandle:
         self.usage: TreeUsage | None = None    # the watcher's latest look at the tree
         self._watcher = watcher
         self._target: psutil.Process | None = None
+        self._killer: asyncio.Task[None] | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
         self._loop = asyncio.get_running_loop()
@@ -337,9 +338,17 @@ class WorkerHandle:
             return
         self._death_reason = self._death_reason or reason
         self.log.event(f"killing worker {self.pid}: {reason}")
-        self._signal(signal.SIGSTOP)
-        containment.kill_descendants(self._proc.pid, self.known_processes().values())
-        self._signal(signal.SIGKILL)
+        self._signal(signal.SIGSTOP)  # the group stops now; the walk of the rest reads /proc, off the loop
+        if self._killer is None:
+            self._killer = self._loop.create_task(self._kill_tree())
+
+    async def _kill_tree(self) -> None:
+        try:
+            if self._target is not None:
+                known = list(self.known_processes().values())
+                await asyncio.to_thread(containment.kill_descendants, self._target, known)
+        finally:
+            self._signal(signal.SIGKILL)  # last, and whatever happened above
 
     async def _kill_and_wait(self, reason: str) -> ExitInfo:
         self.kill(reason)
@@ -534,6 +543,8 @@ class WorkerHandle:
         if returncode == EXIT_OUT_OF_MEMORY:
             limit = f"plugin_runtime.memory_limit_mb = {runtime.memory_limit_mb}" if runtime.memory_limit_mb else "no memory_limit_mb set"
             return f"memory limit hit: MemoryError in the worker ({limit})"
+        if returncode == EXIT_NO_RESOURCES:
+            return "out of resources: the worker could not start a thread (see its log)"
         if returncode == -signal.SIGXCPU or (runtime.cpu_time_limit and returncode == -signal.SIGKILL and self._over_cpu_limit()):
             return f"CPU time limit hit: the kernel's RLIMIT_CPU stopped it (plugin_runtime.cpu_time_limit = {runtime.cpu_time_limit:g})"
         return "crashed"

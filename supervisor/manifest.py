@@ -50,6 +50,7 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: no "$" that a
 ENTRY_PATTERN = re.compile(r"[A-Za-z_][\w.-]*:[A-Za-z_]\w*")  # "module.path:Class"
 RESTART_POLICIES = ("always", "on-failure", "never")
 MIN_OPEN_FILES = 32  # the worker itself needs a few (pipes, epoll, the interpreter's own)
+MIN_MEMORY_MB = 32   # an idle worker takes about 20 MB: less would kill it at every start
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +141,9 @@ def parse_manifest(path: Path, text: str) -> Manifest:
     sandbox = get("sandbox", (bool, str), None)
     if isinstance(sandbox, str) and sandbox != "required":
         raise ManifestError(str(path), "plugin_runtime.sandbox", f"must be true, false or \"required\", got {sandbox!r}")
+    memory_limit_mb = int(_positive(path, "plugin_runtime.memory_limit_mb", get("memory_limit_mb", (int,), defaults.memory_limit_mb), allow_zero=True))
+    if 0 < memory_limit_mb < MIN_MEMORY_MB:
+        raise ManifestError(str(path), "plugin_runtime.memory_limit_mb", f"must be 0 (no limit) or at least {MIN_MEMORY_MB}, got {memory_limit_mb}")
     max_open_files = int(_positive(path, "plugin_runtime.max_open_files", get("max_open_files", (int,), defaults.max_open_files), allow_zero=True))
     if 0 < max_open_files < MIN_OPEN_FILES:
         raise ManifestError(str(path), "plugin_runtime.max_open_files", f"must be 0 or at least {MIN_OPEN_FILES}, got {max_open_files}")
@@ -156,7 +160,7 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         restart=restart,
         max_restarts=int(_positive(path, "plugin_runtime.max_restarts", get("max_restarts", (int,), defaults.max_restarts), allow_zero=True)),
         restart_window=float(_positive(path, "plugin_runtime.restart_window", get("restart_window", number, defaults.restart_window))),
-        memory_limit_mb=int(_positive(path, "plugin_runtime.memory_limit_mb", get("memory_limit_mb", (int,), defaults.memory_limit_mb), allow_zero=True)),
+        memory_limit_mb=memory_limit_mb,
         cpu_time_limit=float(_positive(path, "plugin_runtime.cpu_time_limit", get("cpu_time_limit", number, defaults.cpu_time_limit), allow_zero=True)),
         max_open_files=max_open_files,
         max_processes=int(_positive(path, "plugin_runtime.max_processes", get("max_processes", (int,), defaults.max_processes), allow_zero=True)),

@@ -48,7 +48,7 @@ def worker_env(extra_allow: Iterable[str] = (), source: Mapping[str, str] | None
 # Room a worker needs beyond its plugin's data under RLIMIT_DATA: each thread's
 # stack counts (8 MiB reserved by default), so the backstop grows with the pool.
 THREAD_STACK_MB = 8
-BACKSTOP_THREADS = 16  # the event loop's helpers, timers, a plugin's own threads
+BACKSTOP_THREADS = 128  # beyond the call pool: the loop's helpers, timers, a plugin's own threads
 
 
 def data_limit_mb(runtime: RuntimeOptions) -> int:

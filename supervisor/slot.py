@@ -79,6 +79,15 @@ class PluginStatus:
     protections: dict[str, Any]  # what confines the current worker, as it reported it (see README, Security)
 
 
+SANDBOX_STRICTNESS = ("off", "on", "required")
+
+
+def strictest_sandbox(manifest: str | None, operator: str) -> str:
+    """The operator's setting is a floor: a plugin.toml can ask for more, never for less
+    (a sandboxed plugin can write its own plugin.toml)."""
+    return max(manifest or "off", operator, key=SANDBOX_STRICTNESS.index)
+
+
 class PluginSlot:
     def __init__(self, plugin_id: str, folder: Path, manifest: Manifest | None, error: ManifestError | None, options: SlotOptions) -> None:
         self.id = plugin_id
@@ -250,7 +259,7 @@ class PluginSlot:
             self._move(PluginState.STARTING)
             handle = WorkerHandle(
                 self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
-                on_death=self._worker_died, sandbox=runtime.sandbox or self.options.sandbox, watcher=self.options.watcher,
+                on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
             )
             self._handle = handle
             try:

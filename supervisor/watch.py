@@ -67,7 +67,10 @@ class ResourceWatcher:
                 usages = await loop.run_in_executor(None, _measure_all, [(target, known) for _, target, known in targets])
                 for (handle, _, _), usage in zip(targets, usages, strict=True):
                     if usage is not None and handle in self._watched:
-                        handle.observe(usage)
+                        try:
+                            handle.observe(usage)
+                        except Exception:  # one handle's trouble must not skip the others' limits
+                            logger.exception("the resource watcher failed to apply a look")
             except Exception:
                 # Limits go unenforced while this fails: say so loudly, and keep trying.
                 logger.exception("the resource watcher failed a look at the workers")

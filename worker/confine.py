@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import os
 import resource
 import signal
@@ -33,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
-from protocol.exits import EXIT_OUT_OF_MEMORY
+from protocol.exits import EXIT_NO_RESOURCES, EXIT_OUT_OF_MEMORY
 
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
@@ -41,8 +42,10 @@ CAP_SYS_RESOURCE = 24
 LAST_CAP = 63  # PR_CAPBSET_DROP rejects numbers past the kernel's last capability with EINVAL
 SANDBOX_MODES = ("off", "on", "required")
 
-# Set once the sandbox confines this process's signals to its own descendants.
-_signals_scoped = False
+# The pid of the worker whose signals the sandbox confines to its own sandbox,
+# once it does. A process forked from it inherits this module's state but shares
+# the sandbox with the worker: its kill(-1) would reach the worker itself.
+_scoped_worker_pid: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +74,16 @@ def confine(plugin_dir: Path, limits: Limits) -> dict[str, Any]:
     if limits.cpu_time_limit:
         # Soft limit -> SIGXCPU a second after the supervisor's watcher should
         # have acted; hard limit -> SIGKILL if the plugin handles SIGXCPU.
-        soft = int(limits.cpu_time_limit) + 1
+        soft = math.ceil(limits.cpu_time_limit) + 1
         report["cpu_time_limit"] = _set_limit(resource.RLIMIT_CPU, soft, soft + 1)
     if limits.data_limit_mb:
         report["data_limit_mb"] = _mb(_set_limit(resource.RLIMIT_DATA, limits.data_limit_mb * 1024 * 1024))
     report["subreaper"] = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if limits.sandbox != "off":
         report["sandbox"] = _apply_sandbox(plugin_dir, limits)
-        global _signals_scoped
-        _signals_scoped = bool(report["sandbox"].get("abi")) and report["sandbox"].get("signals_scoped") is True
+        if report["sandbox"].get("abi") and report["sandbox"].get("signals_scoped") is True:
+            global _scoped_worker_pid
+            _scoped_worker_pid = os.getpid()
         if not report["sandbox"]["abi"] and limits.sandbox == "required":
             raise SandboxRefused(f"sandbox = \"required\" but it cannot be applied: {report['sandbox']['reason']}")
     else:
@@ -175,10 +179,27 @@ def die_of_memory_error() -> NoReturn:
     os._exit(EXIT_OUT_OF_MEMORY)
 
 
+def die_of_exhaustion(what: str) -> NoReturn:
+    """The worker cannot go on for want of a resource (a thread, mostly): exit like
+    a MemoryError, but say what ran out."""
+    with contextlib.suppress(OSError):
+        os.write(2, f"{what}; the worker is out of resources and exits\n".encode("utf-8", "replace"))
+    with contextlib.suppress(BaseException):
+        kill_descendants()
+    os._exit(EXIT_NO_RESOURCES)
+
+
+def is_memory_error(exc: BaseException | None) -> bool:
+    """A MemoryError, also one inside an exception group (asyncio.TaskGroup raises those)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return exc.subgroup(MemoryError) is not None
+    return isinstance(exc, MemoryError)
+
+
 def kill_descendants() -> None:
     """SIGKILL every descendant of this worker (the worker is their subreaper, so
     double-forked ones are still below it)."""
-    if _signals_scoped:
+    if _scoped_worker_pid is not None and _scoped_worker_pid == os.getpid():
         # Sandboxed with scoped signals: /proc is closed to us, but the kernel
         # lets this process signal only its own sandbox, which holds exactly its
         # descendants. kill(-1) skips the caller, and a fork racing it is aborted.

@@ -21,7 +21,7 @@ from typing import Any
 
 from protocol import Call, ErrorInfo, ProtocolError, Result, encode_message
 from protocol.streams import BlockingWriter
-from worker.confine import die_of_memory_error
+from worker.confine import die_of_exhaustion, die_of_memory_error, is_memory_error
 from worker.loader import Entry
 from worker.sdk import Err, Ok
 
@@ -31,6 +31,8 @@ def error_from_exception(kind: str, exc: BaseException) -> ErrorInfo:
     try:
         message = str(exc)
     except Exception as str_error:
+        if is_memory_error(str_error):
+            die_of_memory_error()
         message = f"<unprintable {type(exc).__name__}: str() raised {type(str_error).__name__}>"
     try:
         trace = "".join(traceback.format_exception(exc))
@@ -102,7 +104,14 @@ class Dispatcher:
             self.in_flight[call.call_id] = task
             task.add_done_callback(functools.partial(self._async_done, call.call_id))
         else:
-            future = self.pool.submit(self._run_sync, entry, call)
+            try:
+                future = self.pool.submit(self._run_sync, entry, call)
+            except RuntimeError as exc:
+                # No thread could be started (the memory backstop counts every
+                # stack, or a process limit). The call already sits in the pool's
+                # queue, so it cannot be answered here without risking two
+                # answers: this worker is out of resources and must go.
+                die_of_exhaustion(f"cannot start a thread for call {call.call_id}: {exc}")
             self.in_flight[call.call_id] = future
             future.add_done_callback(functools.partial(self._sync_done, call.call_id))
 
@@ -129,7 +138,7 @@ class Dispatcher:
     def _sync_done(self, call_id: int, future: concurrent.futures.Future[None]) -> None:
         # Runs on the pool thread. _run_sync answers every error of the entry; one
         # that escaped it came from sending the answer (e.g. out of memory encoding it).
-        if not future.cancelled() and isinstance(future.exception(), MemoryError):
+        if not future.cancelled() and is_memory_error(future.exception()):
             die_of_memory_error()
         self.loop.call_soon_threadsafe(self._forget, call_id)
 
@@ -143,9 +152,9 @@ class Dispatcher:
             value = await entry.func(**call.args)
         except asyncio.CancelledError:
             raise  # reported by _async_done
-        except MemoryError:
-            die_of_memory_error()
         except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
+            if is_memory_error(exc):
+                die_of_memory_error()
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
             self._send_value(call.call_id, value)
@@ -155,7 +164,7 @@ class Dispatcher:
         # _run_async's body, so the answer for a cancelled task is sent here.
         if task.cancelled():
             self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", "cancelled by the caller"))
-        elif isinstance(task.exception(), MemoryError):
+        elif is_memory_error(task.exception()):
             die_of_memory_error()  # from sending the answer; the entry's own errors are answered in _run_async
         self._forget(call_id)
 
@@ -166,9 +175,9 @@ class Dispatcher:
             if inspect.isawaitable(value):
                 # A sync-looking wrapper around an async function: finish it on the loop.
                 value = asyncio.run_coroutine_threadsafe(_await(value), self.loop).result()
-        except MemoryError:
-            die_of_memory_error()
         except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
+            if is_memory_error(exc):
+                die_of_memory_error()
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
             self._send_value(call.call_id, value)

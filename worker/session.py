@@ -41,7 +41,14 @@ from protocol import (
 from protocol.exits import EXIT_OK, EXIT_START_FAILED
 from protocol.messages import EntryInfo
 from protocol.streams import BlockingWriter, MessageProtocol
-from worker.confine import Limits, SandboxRefused, confine, die_of_memory_error, kill_descendants
+from worker.confine import (
+    Limits,
+    SandboxRefused,
+    confine,
+    die_of_memory_error,
+    is_memory_error,
+    kill_descendants,
+)
 from worker.dispatch import Dispatcher, error_from_exception
 from worker.loader import (
     Timer,
@@ -79,7 +86,7 @@ def install_logging(writer: BlockingWriter) -> None:
     logging.captureWarnings(True)
 
     def thread_hook(args: threading.ExceptHookArgs) -> None:
-        if isinstance(args.exc_value, MemoryError):
+        if is_memory_error(args.exc_value):
             die_of_memory_error()
         logging.getLogger("worker").error(
             "unhandled exception in thread %s", getattr(args.thread, "name", "?"),
@@ -103,9 +110,9 @@ class TimerThread(threading.Thread):
                     asyncio.run_coroutine_threadsafe(self.timer.func(), self.loop).result()
                 else:
                     self.timer.func()
-            except MemoryError:
-                die_of_memory_error()
-            except Exception:
+            except Exception as exc:
+                if is_memory_error(exc):
+                    die_of_memory_error()
                 self.logger.exception("timer %r failed; it keeps running", self.timer.id)
 
 
@@ -132,9 +139,9 @@ class Session:
             parts = collect_parts(instance)
             for hook in parts.startup:
                 await _run_hook(hook)
-        except MemoryError:
-            die_of_memory_error()
         except BaseException as exc:
+            if is_memory_error(exc):
+                die_of_memory_error()
             self.writer.send(Fatal(error_from_exception("start_failed", exc)))
             return EXIT_START_FAILED
 
@@ -222,7 +229,7 @@ def _hard_exit(code: int) -> None:
 
 def _log_loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
     exc = context.get("exception")
-    if isinstance(exc, MemoryError):
+    if is_memory_error(exc):
         die_of_memory_error()
     logging.getLogger("worker").error(context.get("message", "event loop error"), exc_info=exc)
 

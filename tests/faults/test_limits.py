@@ -61,7 +61,7 @@ async def test_a_sudden_bomb_hits_the_kernel_backstop_and_memory_error_is_fatal(
 
 async def test_without_a_memory_limit_the_bomb_allocates(tmp_path: Path) -> None:
     async with supervising(tmp_path, ["hog"], hog(memory_limit_mb=0), watch_interval=30) as sup:
-        assert await sup.call("hog", "bomb", {"mb": 900}) == 900  # more than the 64 MB limit's backstop
+        assert await sup.call("hog", "bomb", {"mb": 1700}) == 1700  # more than the 64 MB limit's backstop (1600 MB)
         assert "data_limit_mb" not in sup.status("hog").protections
 
 
@@ -180,3 +180,20 @@ async def test_the_kernel_limits_are_really_in_force_seen_from_outside(tmp_path:
         assert data_soft == status.protections["data_limit_mb"] * 1024 * 1024
         assert 200 * 1024 * 1024 <= data_soft < 2048 * 1024 * 1024
         assert worker.environ().get("MALLOC_ARENA_MAX") == "2"
+
+
+async def test_cpu_burnt_in_reaped_grandchildren_counts(tmp_path: Path) -> None:
+    # The middle process reaps each grandchild: their CPU shows only in its children's time.
+    async with supervising(tmp_path, ["hog"], hog(cpu_time_limit=1), watch_interval=FAST_WATCH) as sup:
+        started = asyncio.get_running_loop().time()
+        crash = await crash_of(sup, "spin_in_grandchildren", {"seconds": 20})
+        assert "CPU time limit hit" in str(crash)
+        assert asyncio.get_running_loop().time() - started < 10, "killed at the limit, not when the middle process ended"
+
+
+async def test_many_idle_threads_do_not_trip_the_memory_backstop(tmp_path: Path) -> None:
+    # Each thread reserves an 8 MiB stack, which RLIMIT_DATA counts: 120 of them are ~1 GB of address space.
+    async with supervising(tmp_path, ["hog"], hog(memory_limit_mb=64), watch_interval=FAST_WATCH) as sup:
+        assert await sup.call("hog", "threads", {"count": 120}) > 120
+        assert await sup.call("hog", "bomb", {"mb": 16}) == 16
+        assert (sup.status("hog").restarts, sup.status("hog").state) == (0, "running")

@@ -116,13 +116,19 @@ async def test_connecting_out_needs_network(tmp_path: Path, network: bool) -> No
             await sup.stop()
 
 
-async def test_the_supervisor_wide_default_applies_to_plugins_that_do_not_say(tmp_path: Path) -> None:
-    root = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["intruder", "echo"])
-    set_runtime(root / "echo", sandbox=False)
-    sup = await start(root, tmp_path, sandbox=True)
+@pytest.mark.parametrize(("manifest", "operator", "applied"), [
+    (None, True, True),      # the plugin does not say: the supervisor's default
+    (False, True, True),     # a plugin cannot opt out of what the operator asked (it can write its own plugin.toml)
+    (True, False, True),     # a plugin can ask for more
+    (None, False, False),
+])
+async def test_the_supervisor_setting_is_a_floor(tmp_path: Path, manifest: bool | None, operator: bool, applied: bool) -> None:
+    root = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["intruder"])
+    if manifest is not None:
+        set_runtime(root / "intruder", sandbox=manifest)
+    sup = await start(root, tmp_path, sandbox=operator)
     try:
-        assert sup.status("intruder").protections["sandbox"]["abi"] > 0
-        assert sup.status("echo").protections["sandbox"]["abi"] == 0  # its manifest opted out
+        assert bool(sup.status("intruder").protections["sandbox"]["abi"]) is applied
     finally:
         await sup.stop()
 

@@ -129,6 +129,7 @@ def test_sandbox_modes(tmp_path: Path, literal: str, mode: str) -> None:
     ("sandbox = 1", "plugin_runtime.sandbox"),
     ('network = "on"', "plugin_runtime.network"),
     ("max_open_files = 8", "plugin_runtime.max_open_files"),
+    ("memory_limit_mb = 8", "plugin_runtime.memory_limit_mb"),
     ("max_processes = -1", "plugin_runtime.max_processes"),
     ("cpu_time_limit = nan", "plugin_runtime.cpu_time_limit"),
 ])

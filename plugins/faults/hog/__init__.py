@@ -12,6 +12,10 @@ test without the protection it probes still ends (and proves the attempt works).
 - `escape()`: a grandchild that double-forks, calls setsid and clears its
   environment (no tag left to find it by); returns its pid.
 - `children()`: pids of the worker's live descendants.
+- `threads(count)`: start `count` idle threads (a plugin with many threads, little memory).
+- `spin_in_grandchildren(seconds, each=0.2)`: a middle child runs CPU-burning
+  grandchildren one after another and reaps them, for `seconds` in all (CPU time
+  that only shows in the middle process's children's time).
 - `release()`: drop what `grow` kept.
 - `block_shutdown()`: from now on the shutdown hook never returns, so a stop
   must escalate to SIGTERM (which ends the worker with no cleanup of its own).
@@ -86,6 +90,29 @@ class HogPlugin(NekoPluginBase):
         while time.process_time() < deadline:
             n += 1
         return n
+
+    @plugin_entry(id="threads")
+    def threads(self, count: int, **_):
+        self.idle = threading.Event()
+        for _ in range(count):
+            threading.Thread(target=self.idle.wait, daemon=True).start()
+        return threading.active_count()
+
+    @plugin_entry(id="spin_in_grandchildren")
+    def spin_in_grandchildren(self, seconds: float, each: float = 0.2, **_):
+        middle = os.fork()
+        if middle == 0:
+            for _ in range(int(seconds / each)):
+                grandchild = os.fork()
+                if grandchild == 0:
+                    deadline = time.process_time() + each
+                    while time.process_time() < deadline:
+                        pass
+                    os._exit(0)
+                os.waitpid(grandchild, 0)
+            os._exit(0)
+        os.waitpid(middle, 0)
+        return seconds
 
     @plugin_entry(id="open_files")
     def open_files(self, limit: int, **_):
