@@ -224,7 +224,7 @@ def python_read_paths(plugin_dir: Path, *, network: bool) -> list[Path]:
         sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
         os.path.realpath(sys.executable),
         *_package_dirs("protocol", "worker"),
-        *sys.path,
+        *_import_path(),
         *_site_packages(),
         *SYSTEM_LIBRARIES, *TIME_ZONES, *DEVICES,
         f"/proc/{os.getpid()}",  # what /proc/self and /proc/thread-self lead to, for this process only
@@ -232,6 +232,16 @@ def python_read_paths(plugin_dir: Path, *, network: bool) -> list[Path]:
     if network:
         candidates += [*_ca_paths(), *NAME_RESOLUTION]
     return outside_plugins(candidates, plugin_dir)
+
+
+def _import_path() -> list[str]:
+    """sys.path without the folder that merely holds our packages: in a source
+    checkout (PYTHONPATH, or an editable install) that is the whole checkout,
+    with its .git, its tests and its own plugins/. The packages themselves are
+    granted by _package_dirs; a site-packages folder stays granted whole."""
+    holders = {os.path.realpath(os.path.dirname(folder)) for folder in _package_dirs("protocol", "worker")}
+    holders -= {os.path.realpath(folder) for folder in _site_packages()}
+    return [entry for entry in sys.path if os.path.realpath(entry or ".") not in holders]
 
 
 def _package_dirs(*names: str) -> list[str]:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from supervisor import PluginUnavailable, Supervisor, WorkerCrashed
-from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
+from tests.conftest import FAULT_PLUGINS, PLUGINS, ROOT, copy_plugins, pid_alive
 from tests.faults.helpers import set_runtime
 from worker import landlock
 
@@ -72,6 +72,16 @@ async def test_reading_a_file_outside_its_folder(sup_and_mode: tuple[Supervisor,
     secret.write_text("do not read")
     assert refused(await sup.call("intruder", "read", {"path": str(secret)})) is sandboxed
     assert refused(await sup.call("intruder", "read", {"path": str(tmp_path / "plugins" / "intruder" / "plugin.toml")})) is False
+
+
+async def test_the_project_checkout_is_not_readable_beyond_its_packages(sup_and_mode: tuple[Supervisor, bool]) -> None:
+    # The worker finds our packages through PYTHONPATH=<checkout> (or an editable install):
+    # that must grant protocol/ and worker/, not the checkout's .git, tests or plugins.
+    sup, sandboxed = sup_and_mode
+    checkout = ROOT
+    assert refused(await sup.call("intruder", "read", {"path": str(checkout / "pyproject.toml")})) is sandboxed
+    assert refused(await sup.call("intruder", "read", {"path": str(checkout / "plugins" / "persistent" / "plugin.toml")})) is sandboxed
+    assert refused(await sup.call("intruder", "read", {"path": str(checkout / "worker" / "sdk.py")})) is False
 
 
 async def test_its_own_folder_stays_writable_for_sqlite(sup_and_mode: tuple[Supervisor, bool]) -> None:
