@@ -23,7 +23,7 @@
     max_open_files = 1024         # RLIMIT_NOFILE of the worker; 0: inherit the supervisor's
     max_processes = 64            # processes in the worker's tree, the worker included; 0: no limit
     sandbox = false               # true: Landlock (own folder only); "required": refuse to start without it
-                                  # absent: the supervisor's default (Supervisor(sandbox=...))
+                                  # Supervisor(sandbox=...) is a floor: this can raise it, never lower it
     network = false               # with the sandbox: allow TCP connect and bind
 
 Unknown keys are kept out of the way (N.E.K.O manifests carry more tables, such
