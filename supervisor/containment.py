@@ -96,7 +96,7 @@ class TreeUsage:
     """One look at a worker's tree: its live processes and what they use together."""
 
     processes: list[psutil.Process] = field(default_factory=list)  # the worker first
-    rss: int = 0          # bytes, summed (shared pages count once per process: an upper bound)
+    rss: int = 0          # bytes: resident sizes summed; proportional ones past the limit (see measure)
     cpu_time: float = 0.0  # seconds of user + system CPU, reaped children included
 
     @property
@@ -104,9 +104,16 @@ class TreeUsage:
         return len(self.processes)
 
 
-def measure(worker: psutil.Process, parents: dict[int, int], known: dict[int, psutil.Process]) -> TreeUsage:
+def measure(
+    worker: psutil.Process, parents: dict[int, int], known: dict[int, psutil.Process], memory_limit: int | None = None
+) -> TreeUsage:
     """Measure `worker` and its descendants. `known` (pid -> Process from earlier
-    looks) is reused so a process keeps its identity (and its create time) across looks."""
+    looks) is reused so a process keeps its identity (and its create time) across looks.
+
+    Memory is the sum of resident sizes, cheap to read. Forked processes share
+    pages, which that sum counts once per process: when it passes `memory_limit`
+    in a tree of several processes, the proportional sizes (each shared page split
+    among its sharers; a few ms per process to read) decide instead."""
     usage = TreeUsage()
     for proc in tree(worker, children_map(parents), known):
         try:
@@ -120,7 +127,23 @@ def measure(worker: psutil.Process, parents: dict[int, int], known: dict[int, ps
         # CPU-burning children must not launder their time out of the tree.
         usage.cpu_time += times.user + times.system + times.children_user + times.children_system
         usage.processes.append(proc)
+    if memory_limit is not None and usage.rss > memory_limit and usage.count > 1:
+        usage.rss = sum(_proportional_size(proc) for proc in usage.processes)
     return usage
+
+
+def _proportional_size(proc: psutil.Process) -> int:
+    try:
+        with open(f"/proc/{proc.pid}/smaps_rollup", "rb") as rollup:
+            for line in rollup:
+                if line.startswith(b"Pss:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(proc.memory_info().rss)  # no smaps_rollup (kernel < 4.14): the upper bound
+    except psutil.Error:
+        return 0
 
 
 def _process(pid: int) -> psutil.Process | None:

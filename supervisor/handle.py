@@ -229,6 +229,11 @@ class WorkerHandle:
     def watch_target(self) -> psutil.Process | None:
         return None if self._exited else self._target
 
+    @property
+    def memory_limit(self) -> int | None:
+        limit = self.manifest.runtime.memory_limit_mb
+        return limit * 1024 * 1024 if limit else None
+
     def known_processes(self) -> dict[int, psutil.Process]:
         return {proc.pid: proc for proc in self.usage.processes} if self.usage is not None else {}
 
@@ -237,7 +242,7 @@ class WorkerHandle:
         if target is None:
             return
         known = self.known_processes()
-        usage = await asyncio.to_thread(lambda: containment.measure(target, containment.parent_map(), known))
+        usage = await asyncio.to_thread(lambda: containment.measure(target, containment.parent_map(), known, self.memory_limit))
         if not self._exited:
             self.usage = usage
 

@@ -35,6 +35,9 @@ class Watched(Protocol):
 
     def known_processes(self) -> dict[int, psutil.Process]: ...
 
+    @property
+    def memory_limit(self) -> int | None: ...
+
     def observe(self, usage: TreeUsage) -> None: ...
 
 
@@ -63,9 +66,10 @@ class ResourceWatcher:
         loop = asyncio.get_running_loop()
         while self._watched:
             try:
-                targets = [(handle, handle.watch_target, handle.known_processes()) for handle in list(self._watched)]
-                usages = await loop.run_in_executor(None, _measure_all, [(target, known) for _, target, known in targets])
-                for (handle, _, _), usage in zip(targets, usages, strict=True):
+                handles = list(self._watched)
+                looks = [(handle.watch_target, handle.known_processes(), handle.memory_limit) for handle in handles]
+                usages = await loop.run_in_executor(None, _measure_all, looks)
+                for handle, usage in zip(handles, usages, strict=True):
                     if usage is not None and handle in self._watched:
                         try:
                             handle.observe(usage)
@@ -77,6 +81,9 @@ class ResourceWatcher:
             await asyncio.sleep(self.interval)  # the sampling period
 
 
-def _measure_all(targets: list[tuple[psutil.Process | None, dict[int, psutil.Process]]]) -> list[TreeUsage | None]:
+def _measure_all(looks: list[tuple[psutil.Process | None, dict[int, psutil.Process], int | None]]) -> list[TreeUsage | None]:
     parents = containment.parent_map()
-    return [containment.measure(target, parents, known) if target is not None else None for target, known in targets]
+    return [
+        containment.measure(target, parents, known, limit) if target is not None else None
+        for target, known, limit in looks
+    ]

@@ -197,3 +197,18 @@ async def test_many_idle_threads_do_not_trip_the_memory_backstop(tmp_path: Path)
         assert await sup.call("hog", "threads", {"count": 120}) > 120
         assert await sup.call("hog", "bomb", {"mb": 16}) == 16
         assert (sup.status("hog").restarts, sup.status("hog").state) == (0, "running")
+
+
+async def test_pages_shared_by_forked_children_are_not_counted_once_per_child(tmp_path: Path) -> None:
+    # 300 MB touched, then 3 forks: resident sizes add up to about 1.2 GB, but the
+    # tree holds about 300 MB. Over the limit by the cheap sum, the proportional one decides.
+    async with supervising(tmp_path, ["hog"], hog(memory_limit_mb=600), watch_interval=FAST_WATCH) as sup:
+        assert await sup.call("hog", "grow", {"mb": 300}) == 300
+        await sup.call("hog", "fork", {"count": 3})
+
+        def measured_whole_tree_under_limit() -> bool:
+            status = sup.status("hog")
+            return status.processes == 4 and status.memory_rss is not None and status.memory_rss < 600 * 1024 * 1024
+
+        await wait_for(measured_whole_tree_under_limit)
+        assert (sup.status("hog").restarts, sup.status("hog").state) == (0, "running")
