@@ -84,7 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument(
             "--sandbox", choices=("off", "on", "required"), default="off",
-            help="Landlock sandbox for plugins whose plugin.toml does not say (default off; see README, Security)",
+            help="the least Landlock sandbox every plugin gets; a plugin.toml can ask for more (default off; see README, Security)",
+        )
+        sub.add_argument(
+            "--no-network", dest="network", action="store_false",
+            help="deny TCP to every sandboxed plugin, whatever its plugin.toml says",
         )
     return parser
 
@@ -96,9 +100,9 @@ async def _call(ns: argparse.Namespace) -> int:
         raise UsageError(f"--args is not valid JSON: {exc}") from None
     if not isinstance(args, dict):
         raise UsageError(f"--args must be a JSON object, got {type(args).__name__}")
-    async with Supervisor(ns.plugins_dir, auto_start=False, sandbox=_sandbox(ns)) as sup:
+    async with Supervisor(ns.plugins_dir, auto_start=False, sandbox=_sandbox(ns), network=ns.network) as sup:
         await sup.start_plugin(ns.plugin)
-        _warn_if_unsandboxed(sup.status(ns.plugin))
+        _warn(sup.status(ns.plugin))
         try:
             value = await sup.call(ns.plugin, ns.entry, args, timeout=ns.timeout)
         except PluginError as exc:
@@ -114,7 +118,7 @@ async def _call(ns: argparse.Namespace) -> int:
 
 
 async def _list(ns: argparse.Namespace) -> list[dict[str, Any]]:
-    async with Supervisor(ns.plugins_dir, auto_start=False, sandbox=_sandbox(ns)) as sup:
+    async with Supervisor(ns.plugins_dir, auto_start=False, sandbox=_sandbox(ns), network=ns.network) as sup:
         async def probe(plugin_id: str) -> None:
             status = sup.status(plugin_id)
             if status.state == "stopped":  # enabled and with a good manifest
@@ -124,6 +128,7 @@ async def _list(ns: argparse.Namespace) -> list[dict[str, Any]]:
         await asyncio.gather(*(probe(pid) for pid in sup.plugin_ids))
         rows = []
         for st in sup.statuses():
+            _warn(st)
             rows.append(
                 {
                     "id": st.id,
@@ -142,8 +147,10 @@ def _sandbox(ns: argparse.Namespace) -> bool | str:
     return modes[ns.sandbox]
 
 
-def _warn_if_unsandboxed(status: PluginStatus) -> None:
-    """A sandbox that was asked for and did not apply is never silent."""
+def _warn(status: PluginStatus) -> None:
+    """A sandbox that was asked for and did not apply, or a misspelt manifest key, is never silent."""
+    for warning in status.warnings:
+        print(f"neko-supervisor: warning: {warning}", file=sys.stderr)
     sandbox = status.protections.get("sandbox", {})
     if sandbox.get("requested", "off") != "off" and not sandbox.get("abi"):
         print(f"neko-supervisor: warning: plugin {status.id!r} runs WITHOUT its sandbox: {sandbox['reason']}", file=sys.stderr)

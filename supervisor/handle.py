@@ -71,11 +71,12 @@ STRAY_KILL_TIMEOUT = 1.0  # how long to wait for killed descendants to disappear
 class StartFailed(Exception):
     """The worker did not complete its handshake. Internal: the slot turns it into state."""
 
-    def __init__(self, message: str, traceback: str = "", exit: ExitInfo | None = None) -> None:
+    def __init__(self, message: str, traceback: str = "", exit: ExitInfo | None = None, *, permanent: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.traceback = traceback
         self.exit = exit
+        self.permanent = permanent  # retrying cannot help (the kernel lacks a required sandbox)
 
 
 @dataclass(slots=True)
@@ -107,6 +108,7 @@ class WorkerHandle:
         on_death: Callable[[WorkerHandle, ExitInfo], None] | None = None,
         sandbox: str = "off",
         watcher: ResourceWatcher | None = None,
+        network: bool | None = None,
     ) -> None:
         self.manifest = manifest
         self._on_death = on_death
@@ -120,6 +122,7 @@ class WorkerHandle:
         self.exit: ExitInfo | None = None
         self.started_at: float | None = None  # loop time of the handshake
         self.sandbox = sandbox
+        self.network = manifest.runtime.network if network is None else network
         self.protections: dict[str, Any] = {}  # what the worker reported it applied
         self.usage: TreeUsage | None = None    # the watcher's latest look at the tree
         self._watcher = watcher
@@ -173,7 +176,7 @@ class WorkerHandle:
         before this returns.
         """
         try:
-            command = process.worker_command(self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox)
+            command = process.worker_command(self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox, self.network)
             self._proc = process.spawn(self.manifest.folder, command, self.env)
         except OSError as exc:
             self._move(WorkerState.DEAD)
@@ -406,7 +409,10 @@ class WorkerHandle:
             self._handshake.set_result(None)
         elif isinstance(message, Fatal) and not self._handshake.done():
             self._handshake.set_exception(
-                StartFailed(f"{message.error.type}: {message.error.message}", message.error.traceback)
+                StartFailed(
+                    f"{message.error.type}: {message.error.message}", message.error.traceback,
+                    permanent=message.error.type == "SandboxRefused",
+                )
             )
         else:
             self._violation(f"unexpected {type(message).__name__.lower()} message")
@@ -425,7 +431,7 @@ class WorkerHandle:
         sandbox = {**reported} if isinstance(reported, dict) else {"abi": 0, "reason": "not reported by the worker"}
         sandbox["requested"] = self.sandbox
         self.protections["sandbox"] = sandbox
-        if self.sandbox != "off" and not sandbox.get("abi"):
+        if self.sandbox == "on" and not sandbox.get("abi"):
             self.log.event(f"the sandbox was requested but is NOT applied: {sandbox.get('reason') or 'unknown'}", logging.WARNING)
 
     def _on_result(self, result: Result) -> None:

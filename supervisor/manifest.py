@@ -32,6 +32,7 @@ as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from dataclasses import dataclass
@@ -82,6 +83,7 @@ class Manifest:
     entry: str | None
     path: Path            # the plugin.toml
     runtime: RuntimeOptions
+    warnings: tuple[str, ...] = ()  # keys we do not know that look like typos of ones we do
 
     @property
     def folder(self) -> Path:
@@ -168,6 +170,7 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         network=get("network", (bool,), defaults.network),
     )
     return Manifest(
+        warnings=_typo_warnings(path, data, runtime_table),
         id=plugin_id,
         name=_check(path, plugin, "plugin", "name", (str,), plugin_id),
         version=_check(path, plugin, "plugin", "version", (str,), "0.0.0"),
@@ -176,6 +179,21 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         path=path,
         runtime=runtime,
     )
+
+
+def _typo_warnings(path: Path, data: dict[str, Any], runtime_table: dict[str, Any]) -> tuple[str, ...]:
+    """A misspelt safety key (`sandbx = true`) silently keeps the default: say so.
+    Other unknown keys stay quiet: N.E.K.O manifests carry tables of their own."""
+    found = []
+    for key in runtime_table:
+        if key not in RuntimeOptions.__dataclass_fields__:
+            close = difflib.get_close_matches(key, list(RuntimeOptions.__dataclass_fields__), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            found.append(f"{path}: unknown key plugin_runtime.{key} is ignored{hint}")
+    for table in data:
+        if table not in ("plugin", "plugin_runtime") and difflib.get_close_matches(table, ["plugin_runtime"], n=1, cutoff=0.8):
+            found.append(f"{path}: unknown table [{table}] is ignored; did you mean [plugin_runtime]?")
+    return tuple(found)
 
 
 def load_manifest(path: Path) -> Manifest:

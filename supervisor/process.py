@@ -61,7 +61,9 @@ def data_limit_mb(runtime: RuntimeOptions) -> int:
     return limit + max(limit, 256) + (runtime.max_concurrency + BACKSTOP_THREADS) * THREAD_STACK_MB
 
 
-def worker_command(plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off") -> list[str]:
+def worker_command(
+    plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off", network: bool = False
+) -> list[str]:
     command = [
         sys.executable,
         "-P",  # never import from the cwd (the plugin folder): a plugin's msgpack.py must not shadow ours
@@ -81,8 +83,8 @@ def worker_command(plugin_dir: Path, max_frame_size: int, runtime: RuntimeOption
             "--cpu-time-limit", str(runtime.cpu_time_limit),
             "--max-open-files", str(runtime.max_open_files),
         ]
-        if runtime.network:
-            command.append("--network")
+    if network:
+        command.append("--network")
     return command
 
 

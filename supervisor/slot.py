@@ -49,7 +49,8 @@ class SlotOptions:
     cancel_grace: float
     log_dir: Path | None
     clock: Clock = time.monotonic
-    sandbox: str = "off"                    # for plugins whose manifest does not say
+    sandbox: str = "off"                    # the least sandbox every plugin gets
+    network: bool = True                    # False: no sandboxed plugin may connect, whatever its plugin.toml says
     watcher: ResourceWatcher | None = None  # measures every worker's tree; enforces the limits
 
 
@@ -77,6 +78,7 @@ class PluginStatus:
     cpu_time: float | None     # CPU seconds of the current worker's tree
     processes: int | None      # processes in the worker's tree, the worker included
     protections: dict[str, Any]  # what confines the current worker, as it reported it (see README, Security)
+    warnings: tuple[str, ...]  # about its plugin.toml: keys ignored that look like typos
 
 
 SANDBOX_STRICTNESS = ("off", "on", "required")
@@ -112,6 +114,8 @@ class PluginSlot:
         self._apply_runtime()
         if error is not None:
             self._move(PluginState.FAILED)
+        for warning in manifest.warnings if manifest is not None else ():
+            self.log.event(warning, logging.WARNING)
         self._lifecycle_lock = asyncio.Lock()
         self._stopping: asyncio.Task[None] | None = None
 
@@ -153,6 +157,7 @@ class PluginSlot:
             cpu_time=usage.cpu_time if usage is not None else None,
             processes=usage.count if usage is not None else None,
             protections=dict(handle.protections) if handle is not None and handle.alive else {},
+            warnings=self.manifest.warnings if self.manifest is not None else (),
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -260,6 +265,7 @@ class PluginSlot:
             handle = WorkerHandle(
                 self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
                 on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
+                network=runtime.network and self.options.network,
             )
             self._handle = handle
             try:
@@ -270,6 +276,9 @@ class PluginSlot:
                 self.log.event(f"start failed: {exc.message}")
                 self._settled.set()
                 if self._stop_requested:
+                    return
+                if exc.permanent:
+                    self._give_up("start refused")
                     return
                 if runtime.restart == "never" or not self._budget.record_crash():
                     self._give_up("start failed" + ("" if runtime.restart == "never" else "; restart budget spent"))

@@ -27,6 +27,7 @@ from supervisor.slot import PluginSlot, PluginStatus, SlotOptions
 from supervisor.watch import DEFAULT_WATCH_INTERVAL, ResourceWatcher
 
 DEFAULT_CANCEL_GRACE = 1.0
+SANDBOX_MODES: dict[bool | str, str] = {False: "off", True: "on", "off": "off", "on": "on", "required": "required"}
 
 
 def default_log_dir(plugins_dir: Path) -> Path:
@@ -45,8 +46,11 @@ class Supervisor:
       `False` keeps logs in memory only.
     - `env_allow`: extra environment variable names passed to workers.
     - `clock`: monotonic seconds for the restart budget (tests pass a fake one).
-    - `sandbox`: the Landlock sandbox for plugins whose manifest has no `sandbox` key:
-      False, True, or "required" (refuse to start a plugin the kernel cannot sandbox).
+    - `sandbox`: the least Landlock sandbox every plugin gets (a plugin.toml can ask for
+      more, never less): False / "off", True / "on", or "required" (refuse to start a
+      plugin the kernel cannot sandbox).
+    - `network`: False denies TCP to every sandboxed plugin, whatever its plugin.toml
+      says (a sandboxed plugin can rewrite its own plugin.toml); True lets each say.
     - `watch_interval`: seconds between two looks at every worker's process tree
       (memory, CPU time and process limits are enforced at this pace).
     """
@@ -62,14 +66,18 @@ class Supervisor:
         env_allow: Iterable[str] = (),
         clock: Clock = time.monotonic,
         sandbox: bool | str = False,
+        network: bool = True,
         watch_interval: float = DEFAULT_WATCH_INTERVAL,
     ) -> None:
         if not isinstance(max_frame_size, int) or max_frame_size < 1024:
             raise ValueError(f"max_frame_size must be an int of at least 1024 bytes, got {max_frame_size!r}")
         if not _positive_number(cancel_grace):
             raise ValueError(f"cancel_grace must be a positive number of seconds, got {cancel_grace!r}")
-        if sandbox not in (False, True, "required"):
-            raise ValueError(f'sandbox must be False, True or "required", got {sandbox!r}')
+        sandbox_mode = SANDBOX_MODES.get(sandbox) if isinstance(sandbox, bool | str) else None
+        if sandbox_mode is None:
+            raise ValueError(f'sandbox must be False, True, "off", "on" or "required", got {sandbox!r}')
+        if not isinstance(network, bool):
+            raise ValueError(f"network must be True or False, got {network!r}")
         if not _positive_number(watch_interval):
             raise ValueError(f"watch_interval must be a positive number of seconds, got {watch_interval!r}")
         self.plugins_dir = Path(plugins_dir).resolve()
@@ -87,7 +95,8 @@ class Supervisor:
             cancel_grace=float(cancel_grace),
             log_dir=resolved_log_dir,
             clock=clock,
-            sandbox="required" if sandbox == "required" else "on" if sandbox else "off",
+            sandbox=sandbox_mode,
+            network=network,
             watcher=self._watcher,
         )
         self._slots: dict[str, PluginSlot] = {}
@@ -192,8 +201,15 @@ class Supervisor:
         wanted = frozenset(PluginState(state) for state in states)
         if not wanted:
             raise ValueError("wait_for_state needs at least one state")
-        async with asyncio.timeout(timeout):
-            return await slot.wait_for_state(wanted)
+        try:
+            async with asyncio.timeout(timeout):
+                return await slot.wait_for_state(wanted)
+        except TimeoutError:
+            wanted_text = " or ".join(sorted(state.value for state in wanted))
+            detail = f": {slot.error}" if slot.error else ""
+            raise TimeoutError(
+                f"plugin {plugin_id!r} is still {slot.state.value!r} after {timeout:g} s (waited for {wanted_text}){detail}"
+            ) from None
 
     @property
     def plugin_ids(self) -> list[str]:

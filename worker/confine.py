@@ -68,16 +68,24 @@ def confine(plugin_dir: Path, limits: Limits) -> dict[str, Any]:
 
     Raises SandboxRefused when the sandbox is required and cannot be applied.
     """
-    report: dict[str, Any] = {"core_dumps": _set_limit(resource.RLIMIT_CORE, 0) is not None and "off"}
+    # The kernel's limits as they stand afterwards (None: unlimited): a request
+    # above the hard limit is clamped, and the report shows the clamped value.
+    _set_limit(resource.RLIMIT_CORE, 0)
     if limits.max_open_files:
-        report["max_open_files"] = _set_limit(resource.RLIMIT_NOFILE, limits.max_open_files)
+        _set_limit(resource.RLIMIT_NOFILE, limits.max_open_files)
     if limits.cpu_time_limit:
         # Soft limit -> SIGXCPU a second after the supervisor's watcher should
         # have acted; hard limit -> SIGKILL if the plugin handles SIGXCPU.
         soft = math.ceil(limits.cpu_time_limit) + 1
-        report["cpu_time_limit"] = _set_limit(resource.RLIMIT_CPU, soft, soft + 1)
+        _set_limit(resource.RLIMIT_CPU, soft, soft + 1)
     if limits.data_limit_mb:
-        report["data_limit_mb"] = _mb(_set_limit(resource.RLIMIT_DATA, limits.data_limit_mb * 1024 * 1024))
+        _set_limit(resource.RLIMIT_DATA, limits.data_limit_mb * 1024 * 1024)
+    report: dict[str, Any] = {
+        "core_dumps": "off" if _soft(resource.RLIMIT_CORE) == 0 else "on",
+        "rlimit_nofile": _soft(resource.RLIMIT_NOFILE),
+        "rlimit_cpu": _soft(resource.RLIMIT_CPU),
+        "rlimit_data_mb": _mb(_soft(resource.RLIMIT_DATA)),
+    }
     report["subreaper"] = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     if limits.sandbox != "off":
         report["sandbox"] = _apply_sandbox(plugin_dir, limits)
@@ -105,16 +113,19 @@ def _apply_sandbox(plugin_dir: Path, limits: Limits) -> dict[str, Any]:
                 "reason": f"Landlock failed: {exc}"}
 
 
-def _set_limit(which: int, soft: int, hard: int | None = None) -> int | None:
-    """Lower the limit (never raise it past the current hard limit); return the soft limit in force."""
+def _set_limit(which: int, soft: int, hard: int | None = None) -> None:
+    """Lower the limit (never past the current hard limit, which only root could raise)."""
     hard = soft if hard is None else hard
     _, current_hard = resource.getrlimit(which)
     if current_hard != resource.RLIM_INFINITY:
         soft, hard = min(soft, current_hard), min(hard, current_hard)
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(which, (soft, hard))
-    applied = resource.getrlimit(which)[0]
-    return None if applied == resource.RLIM_INFINITY else applied
+
+
+def _soft(which: int) -> int | None:
+    soft = resource.getrlimit(which)[0]
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def _mb(value: int | None) -> int | None:

@@ -56,13 +56,13 @@ async def test_a_sudden_bomb_hits_the_kernel_backstop_and_memory_error_is_fatal(
         assert crash.returncode == 4
         assert "memory limit hit: MemoryError" in str(crash)
         protections = sup.status("hog").protections
-        assert 64 < protections["data_limit_mb"] < 4096
+        assert 64 < protections["rlimit_data_mb"] < 4096
 
 
 async def test_without_a_memory_limit_the_bomb_allocates(tmp_path: Path) -> None:
     async with supervising(tmp_path, ["hog"], hog(memory_limit_mb=0), watch_interval=30) as sup:
         assert await sup.call("hog", "bomb", {"mb": 1700}) == 1700  # more than the 64 MB limit's backstop (1600 MB)
-        assert "data_limit_mb" not in sup.status("hog").protections
+        assert sup.status("hog").protections["rlimit_data_mb"] is None
 
 
 async def test_a_plugin_well_under_its_limit_is_never_disturbed_even_with_many_threads(tmp_path: Path) -> None:
@@ -108,7 +108,7 @@ async def test_fd_exhaustion_stays_inside_the_worker(tmp_path: Path, limit: int,
             assert outcome == {"opened": attempt, "error": None}
         assert await sup.call("hog", "ping") == "pong"
         assert sup.status("hog").restarts == 0
-        assert sup.status("hog").protections["max_open_files"] == limit
+        assert sup.status("hog").protections["rlimit_nofile"] == limit
 
 
 # -- processes ---------------------------------------------------------------------
@@ -177,7 +177,8 @@ async def test_the_kernel_limits_are_really_in_force_seen_from_outside(tmp_path:
         assert worker.rlimit(psutil.RLIMIT_NOFILE) == (128, 128)
         assert worker.rlimit(psutil.RLIMIT_CPU) == (8, 9)
         data_soft, _ = worker.rlimit(psutil.RLIMIT_DATA)
-        assert data_soft == status.protections["data_limit_mb"] * 1024 * 1024
+        assert data_soft == status.protections["rlimit_data_mb"] * 1024 * 1024
+        assert status.protections["rlimit_cpu"] == 8 and status.protections["rlimit_nofile"] == 128
         assert 200 * 1024 * 1024 <= data_soft < 2048 * 1024 * 1024
         assert worker.environ().get("MALLOC_ARENA_MAX") == "2"
 

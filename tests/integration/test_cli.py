@@ -102,3 +102,19 @@ def test_console_script_is_installed() -> None:
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30)
     assert result.returncode == 0
     assert "call" in result.stdout and "list" in result.stdout
+
+
+def test_sandbox_and_network_flags_are_floors_and_typos_are_reported(tmp_path: Path) -> None:
+    faults = copy_plugins(FAULT_PLUGINS, tmp_path / "faults", ["intruder"])
+    manifest = faults / "intruder" / "plugin.toml"
+    # The plugin asks for no sandbox and for the network, and misspells a key.
+    manifest.write_text(manifest.read_text().replace("[plugin_runtime]", "[plugin_runtime]\nsandbox = false\nnetwork = true\nmax_proceses = 4"))
+    secret = tmp_path / "secret.txt"
+    secret.write_text("s")
+    plain = cli("call", faults, "intruder", "read", "--args", json.dumps({"path": str(secret)}))
+    assert json.loads(plain.stdout) == {"ok": True, "value": 1}
+    assert "unknown key plugin_runtime.max_proceses is ignored; did you mean 'max_processes'?" in plain.stderr
+    sandboxed = cli("call", faults, "intruder", "read", "--sandbox", "on", "--args", json.dumps({"path": str(secret)}))
+    assert json.loads(sandboxed.stdout)["error"].startswith("PermissionError")
+    connect = cli("call", faults, "intruder", "connect", "--sandbox", "on", "--no-network", "--args", '{"host": "127.0.0.1", "port": 9}')
+    assert json.loads(connect.stdout)["error"].startswith("PermissionError")  # refused by the sandbox, before any packet

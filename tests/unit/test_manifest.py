@@ -400,3 +400,19 @@ def test_repo_manifests_all_load(plugins_dir: Path) -> None:
     errors = [str(d.error) for d in found if d.error is not None]
     assert errors == []
     assert sorted(d.folder.name for d in found) == expected
+
+
+def test_a_misspelt_runtime_key_or_table_is_warned_about(tmp_path: Path) -> None:
+    text = runtime("sandbx = true\nmemory_limit = 64") + "\n[plugin-runtime]\nsandbox = true\n"
+    manifest = parse_manifest(tmp_path / "demo" / "plugin.toml", text)
+    assert manifest.runtime.sandbox is None  # nothing was applied from the typos
+    joined = "\n".join(manifest.warnings)
+    assert "plugin_runtime.sandbx is ignored; did you mean 'sandbox'?" in joined
+    assert "plugin_runtime.memory_limit is ignored; did you mean 'memory_limit_mb'?" in joined
+    assert "[plugin-runtime] is ignored; did you mean [plugin_runtime]?" in joined
+    assert str(tmp_path / "demo" / "plugin.toml") in joined
+
+
+def test_foreign_tables_are_not_warned_about(tmp_path: Path) -> None:
+    text = runtime("enabled = true") + '\n[plugin.author]\nname = "x"\n\n[plugin.sdk]\nversion = "1"\n'
+    assert parse_manifest(tmp_path / "demo" / "plugin.toml", text).warnings == ()
