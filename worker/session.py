@@ -37,6 +37,7 @@ from protocol import (
     Pong,
     Ready,
     Shutdown,
+    encode_message,
 )
 from protocol.exits import EXIT_OK, EXIT_START_FAILED
 from protocol.messages import EntryInfo
@@ -139,6 +140,8 @@ class Session:
             parts = collect_parts(instance)
             for hook in parts.startup:
                 await _run_hook(hook)
+            ready = Ready(tuple(_entry_info(e) for e in parts.entries.values()))
+            ready_frame = encode_message(ready, self.max_frame_size)  # too many entries for one frame: say so now
         except BaseException as exc:
             if is_memory_error(exc):
                 die_of_memory_error()
@@ -150,7 +153,7 @@ class Session:
         for thread in timers:
             thread.start()
         await self._open_input(dispatcher)
-        self.writer.send(Ready(tuple(_entry_info(e) for e in parts.entries.values())))
+        self.writer.write_frame(ready_frame)
 
         await self.stopping.wait()
         self.timer_stop.set()
