@@ -22,10 +22,12 @@ from supervisor.errors import (
 )
 from supervisor.lifecycle import PluginState
 from supervisor.manifest import Manifest, RuntimeOptions
+from supervisor.policy import FakeClock
 from supervisor.slot import PluginStatus
 from supervisor.supervisor import Supervisor
 
 __all__ = [
+    "FakeClock",
     "CallTimeout",
     "EntryFailed",
     "EntryNotFound",

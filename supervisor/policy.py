@@ -7,13 +7,42 @@ not wait 60 s.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import tenacity
 
 Clock = Callable[[], float]
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class FakeClock:
+    """A clock a test moves by hand. Pass it as `Supervisor(clock=...)`: the restart
+    budget reads it, and backoff between failed starts sleeps on it, which moves it
+    forward at once instead of waiting. `advance()` moves it by hand."""
+
+    def __init__(self, start: float = 0.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError(f"a clock does not go back: advance({seconds!r})")
+        self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.advance(max(seconds, 0.0))
+        await asyncio.sleep(0)  # still a turn of the loop, as a real sleep is
+
+
+def sleep_of(clock: Clock) -> Sleep:
+    """How to wait `seconds` by this clock: its own `sleep` if it has one (FakeClock), else asyncio's."""
+    sleep = getattr(clock, "sleep", None)
+    return sleep if callable(sleep) else asyncio.sleep
 
 BACKOFF_INITIAL = 0.05
 BACKOFF_MAX = 2.0

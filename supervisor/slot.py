@@ -36,7 +36,7 @@ from supervisor.handle import StartFailed, WorkerHandle
 from supervisor.lifecycle import PLUGIN_MOVES, PluginState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest, load_manifest
-from supervisor.policy import Backoff, Clock, RestartBudget
+from supervisor.policy import Backoff, Clock, RestartBudget, sleep_of
 from supervisor.watch import ResourceWatcher
 
 
@@ -284,7 +284,7 @@ class PluginSlot:
                     self._give_up("start failed" + ("" if runtime.restart == "never" else "; restart budget spent"))
                     return
                 self._move(PluginState.BACKOFF)
-                await asyncio.sleep(self._backoff.next_delay())
+                await sleep_of(self.options.clock)(self._backoff.next_delay())
                 self.restarts += 1
                 continue
             self._backoff.reset()

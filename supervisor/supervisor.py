@@ -45,7 +45,8 @@ class Supervisor:
     - `log_dir`: where each plugin's `<id>.log` goes (default: a folder under the temp dir);
       `False` keeps logs in memory only.
     - `env_allow`: extra environment variable names passed to workers.
-    - `clock`: monotonic seconds for the restart budget (tests pass a fake one).
+    - `clock`: monotonic seconds for the restart budget and the backoff between failed
+      starts; tests pass a `FakeClock`, whose sleeps pass at once.
     - `sandbox`: the least Landlock sandbox every plugin gets (a plugin.toml can ask for
       more, never less): False / "off", True / "on", or "required" (refuse to start a
       plugin the kernel cannot sandbox).
