@@ -27,11 +27,11 @@ from supervisor.slot import PluginStatus
 from supervisor.supervisor import Supervisor
 
 __all__ = [
-    "FakeClock",
     "CallTimeout",
     "EntryFailed",
     "EntryNotFound",
     "ExitInfo",
+    "FakeClock",
     "InvalidArguments",
     "Manifest",
     "ManifestError",
