@@ -14,7 +14,7 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 
-PROTOCOL_VERSION = 2  # 2: hello carries the protections the worker applied
+PROTOCOL_VERSION = 3  # 2: hello carries the protections the worker applied; 3: call may carry a fault
 
 ERROR_KINDS = frozenset(
     {"entry_not_found", "invalid_arguments", "failed", "unserializable", "cancelled", "start_failed"}
@@ -114,9 +114,13 @@ class Call:
     call_id: int
     entry_id: str
     args: dict[str, Any]
+    # A fault the worker must inject into this call (the chaos API): "kill_in_entry"
+    # or "" for none. Sent only when set, so ordinary calls keep four items.
+    fault: str = ""
 
     def to_wire(self) -> list[Any]:
-        return ["call", self.call_id, self.entry_id, self.args]
+        base = ["call", self.call_id, self.entry_id, self.args]
+        return [*base, self.fault] if self.fault else base
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,12 +217,19 @@ def _decode_fatal(obj: list[Any]) -> Fatal:
     return Fatal(ErrorInfo.from_wire(obj[1]))
 
 
+CALL_FAULTS = frozenset({"kill_in_entry"})
+
+
 def _decode_call(obj: list[Any]) -> Call:
-    _arity(obj, 4)
+    if len(obj) != 5:
+        _arity(obj, 4)
     args = _expect(obj[3], dict, "call.args")
     if not all(isinstance(key, str) for key in args):
         raise ProtocolError("call.args keys must all be strings")
-    return Call(_expect(obj[1], int, "call.call_id"), _expect(obj[2], str, "call.entry_id"), args)
+    fault = _expect(obj[4], str, "call.fault") if len(obj) == 5 else ""
+    if fault and fault not in CALL_FAULTS:
+        raise ProtocolError(f"call.fault {fault!r} is not one of {sorted(CALL_FAULTS)}")
+    return Call(_expect(obj[1], int, "call.call_id"), _expect(obj[2], str, "call.entry_id"), args, fault)
 
 
 def _decode_result(obj: list[Any]) -> Result:

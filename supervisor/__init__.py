@@ -5,6 +5,7 @@
         value = await sup.call("persistent", "save", {"key": "a", "value": "b"}, timeout=5.0)
 """
 
+from supervisor.chaos import Direction, Injection, Phase, PluginChaos
 from supervisor.errors import (
     CallTimeout,
     EntryFailed,
@@ -28,13 +29,17 @@ from supervisor.supervisor import Supervisor
 
 __all__ = [
     "CallTimeout",
+    "Direction",
     "EntryFailed",
     "EntryNotFound",
     "ExitInfo",
     "FakeClock",
+    "Injection",
     "InvalidArguments",
     "Manifest",
     "ManifestError",
+    "Phase",
+    "PluginChaos",
     "PluginError",
     "PluginNotFound",
     "PluginOverloaded",

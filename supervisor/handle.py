@@ -41,9 +41,10 @@ from protocol import (
     Result,
     Shutdown,
 )
-from protocol.exits import EXIT_NO_RESOURCES, EXIT_OUT_OF_MEMORY
+from protocol.exits import EXIT_NO_RESOURCES, EXIT_OUT_OF_MEMORY, EXIT_PROTOCOL_ERROR
 from protocol.streams import MessageProtocol
 from supervisor import containment, process
+from supervisor.chaos import FrameTap, Phase, PluginChaos
 from supervisor.containment import TreeUsage
 from supervisor.errors import (
     EntryFailed,
@@ -109,6 +110,7 @@ class WorkerHandle:
         sandbox: str = "off",
         watcher: ResourceWatcher | None = None,
         network: bool | None = None,
+        chaos: PluginChaos | None = None,
     ) -> None:
         self.manifest = manifest
         self._on_death = on_death
@@ -131,6 +133,9 @@ class WorkerHandle:
         self._proc: subprocess.Popen[bytes] | None = None
         self._pidfd: int | None = None
         self._loop = asyncio.get_running_loop()
+        self._chaos = chaos
+        self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation) if chaos is not None else None
+        self._kill_on_result: set[int] = set()  # chaos: calls whose result must never reach the caller
         self._stdin: asyncio.WriteTransport | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._hello = False
@@ -175,6 +180,11 @@ class WorkerHandle:
         On any failure (cancellation included) the process is killed and reaped
         before this returns.
         """
+        if self._chaos is not None and self._chaos.take_spawn_failure():
+            self._chaos.record("fail_spawn", "this start failed by injection")
+            self._move(WorkerState.DEAD)
+            self._dead.set_result(ExitInfo(0, None, "chaos: spawn failed"))
+            raise StartFailed("chaos: the worker failed to start (injected by fail_spawns)")
         try:
             command = process.worker_command(self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox, self.network)
             self._proc = process.spawn(self.manifest.folder, command, self.env)
@@ -282,9 +292,52 @@ class WorkerHandle:
             raise InvalidArguments(f"arguments for {self.plugin_id}.{entry_id} are too large: {exc}") from exc
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[call_id] = _Pending(entry_id, future)
-        assert self._stdin is not None
-        self._stdin.write(data)
+        phase = self._chaos.take_call_fault(entry_id) if self._chaos is not None else None
+        if phase is not None:
+            data = self._inject_into_call(phase, Call(call_id, entry_id, dict(args)), data)
+            if not data:
+                return call_id, future
+        self._out(data, "call", call_id)
         return call_id, future
+
+    def _inject_into_call(self, phase: Phase, call: Call, data: bytes) -> bytes:
+        """Arm a kill at `phase` of this call; the frame to send (empty: send nothing)."""
+        assert self._chaos is not None
+        where = {
+            Phase.BEFORE_DELIVERY: "killed before the call reached the plugin",
+            Phase.IN_ENTRY: "killed while the entry ran",
+            Phase.BEFORE_RESULT: "killed after the entry returned, before its result reached the caller",
+        }[phase]
+        self._chaos.record(f"kill_{phase.value}", where, call.call_id, call.entry_id)
+        if phase is Phase.BEFORE_DELIVERY:
+            self.kill(f"chaos: {where} (call {call.call_id})")
+            return b""
+        if phase is Phase.IN_ENTRY:
+            # The worker kills itself: only it knows when the entry has started.
+            self._death_reason = self._death_reason or f"chaos: {where} (call {call.call_id})"
+            return protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
+        self._kill_on_result.add(call.call_id)
+        return data
+
+    def chaos_act(self, action: str, seconds: float | None) -> None:
+        """kill / freeze / thaw this worker now, for the chaos API."""
+        assert self._chaos is not None
+        if action == "kill":
+            self._chaos.record("kill", "killed now")
+            self.kill("chaos: killed")
+        elif action == "freeze":
+            self._chaos.record("freeze", "until thawed" if seconds is None else f"for {seconds:g} s")
+            self._signal(signal.SIGSTOP)
+            if seconds is not None:
+                self._loop.call_later(seconds, self._thaw)
+        elif action == "thaw":
+            self._chaos.record("thaw")
+            self._thaw()
+        else:
+            raise ValueError(f"unknown chaos action {action!r}")
+
+    def _thaw(self) -> None:
+        self._signal(signal.SIGCONT)
 
     def abandon(self, call_id: int, grace: float) -> None:
         """The caller gave up (timeout or cancellation): ask the worker to cancel,
@@ -381,12 +434,27 @@ class WorkerHandle:
         process.signal_group(self._proc.pid, self._pidfd, sig)
 
     def _send(self, message: Message) -> None:
+        self._out(protocol.encode_message(message, self.max_frame_size), type(message).__name__.lower())
+
+    def _out(self, data: bytes, what: str, call_id: int | None = None) -> None:
+        if self._tap is not None and self._tap.chaos.touches_frames:
+            self._tap.outgoing(data, what, call_id)
+        else:
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
         if self._stdin is not None and not self._stdin.is_closing():
-            self._stdin.write(protocol.encode_message(message, self.max_frame_size))
+            self._stdin.write(data)
 
     # -- incoming -----------------------------------------------------------
     def _on_message(self, message: Message) -> None:
-        if self._death_error is not None:
+        if self._tap is not None and self._tap.chaos.touches_frames:
+            self._tap.incoming(message)
+        else:
+            self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        if self._death_error is not None or self.state is WorkerState.DEAD:
             return  # after a violation nothing from this worker is trusted; it is being killed
         if isinstance(message, Result):
             self._on_result(message)
@@ -435,6 +503,11 @@ class WorkerHandle:
             self.log.event(f"the sandbox was requested but is NOT applied: {sandbox.get('reason') or 'unknown'}", logging.WARNING)
 
     def _on_result(self, result: Result) -> None:
+        if result.call_id in self._kill_on_result:
+            # Chaos: the answer reached the supervisor and goes no further; the call
+            # stays pending and fails with WorkerCrashed when the worker dies.
+            self.kill(f"chaos: killed after the entry returned, before its result reached the caller (call {result.call_id})")
+            return
         pending = self._pending.pop(result.call_id, None)
         if pending is None:
             if result.call_id in self._abandoned:
@@ -523,6 +596,8 @@ class WorkerHandle:
                     self.log.logger.exception("on_death callback failed")
             self._answer_everyone(was_stopping)
         finally:
+            if self._tap is not None:
+                self._tap.close()
             for transport in self._transports:
                 transport.close()
             self._dead.set_result(self.exit)
@@ -554,6 +629,8 @@ class WorkerHandle:
         if returncode == EXIT_OUT_OF_MEMORY:
             limit = f"plugin_runtime.memory_limit_mb = {runtime.memory_limit_mb}" if runtime.memory_limit_mb else "no memory_limit_mb set"
             return f"memory limit hit: MemoryError in the worker ({limit})"
+        if returncode == EXIT_PROTOCOL_ERROR:
+            return "the worker could not decode what the supervisor sent"
         if returncode == EXIT_NO_RESOURCES:
             return "out of resources: the worker could not start a thread (see its log)"
         if returncode == -signal.SIGXCPU or (runtime.cpu_time_limit and returncode == -signal.SIGKILL and self._over_cpu_limit()):

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from protocol import EntryInfo
+from supervisor.chaos import Injection, PluginChaos
 from supervisor.errors import (
     CallTimeout,
     EntryNotFound,
@@ -79,6 +80,7 @@ class PluginStatus:
     processes: int | None      # processes in the worker's tree, the worker included
     protections: dict[str, Any]  # what confines the current worker, as it reported it (see README, Security)
     warnings: tuple[str, ...]  # about its plugin.toml: keys ignored that look like typos
+    injections: tuple[Injection, ...]  # faults injected through sup.chaos(id), oldest first
 
 
 SANDBOX_STRICTNESS = ("off", "on", "required")
@@ -118,6 +120,8 @@ class PluginSlot:
             self.log.event(warning, logging.WARNING)
         self._lifecycle_lock = asyncio.Lock()
         self._stopping: asyncio.Task[None] | None = None
+        self.chaos = PluginChaos(plugin_id)
+        self.chaos._act = self._chaos_act
 
     # -- state ----------------------------------------------------------------
     def _move(self, new: PluginState) -> None:
@@ -158,6 +162,7 @@ class PluginSlot:
             processes=usage.count if usage is not None else None,
             protections=dict(handle.protections) if handle is not None and handle.alive else {},
             warnings=self.manifest.warnings if self.manifest is not None else (),
+            injections=self.chaos.injections,
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -265,7 +270,7 @@ class PluginSlot:
             handle = WorkerHandle(
                 self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
                 on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
-                network=runtime.network and self.options.network,
+                network=runtime.network and self.options.network, chaos=self.chaos,
             )
             self._handle = handle
             try:
@@ -318,6 +323,13 @@ class PluginSlot:
             return
         self.restarts += 1
         self._move(PluginState.STARTING)
+
+    def _chaos_act(self, action: str, seconds: float | None) -> bool:
+        handle = self._handle
+        if handle is None or not handle.alive or handle.pid is None:
+            return False
+        handle.chaos_act(action, seconds)
+        return True
 
     def _give_up(self, reason: str) -> None:
         self.error = reason if not self.error else f"{reason}: {self.error}"

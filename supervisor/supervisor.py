@@ -19,6 +19,7 @@ from typing import Any
 
 import protocol
 from supervisor import process
+from supervisor.chaos import PluginChaos
 from supervisor.errors import InvalidArguments, PluginNotFound
 from supervisor.lifecycle import PluginState
 from supervisor.manifest import discover
@@ -178,6 +179,11 @@ class Supervisor:
 
     def statuses(self) -> list[PluginStatus]:
         return [slot.status() for slot in self._slots.values()]
+
+    def chaos(self, plugin_id: str) -> PluginChaos:
+        """Fault injection for one plugin (see supervisor/chaos.py and the README's
+        "Testing your plugin under faults"). What it injects shows in `status().injections`."""
+        return self._slot(plugin_id).chaos
 
     def logs(self, plugin_id: str, tail: int | None = None) -> list[str]:
         """The plugin's last `tail` log lines (stderr, log records, supervisor events)."""

@@ -16,6 +16,9 @@ import asyncio
 import concurrent.futures
 import functools
 import inspect
+import os
+import signal
+import threading
 import traceback
 from typing import Any
 
@@ -148,6 +151,7 @@ class Dispatcher:
             self._idle.set()
 
     async def _run_async(self, entry: Entry, call: Call) -> None:
+        self_kill = _SelfKill.arm(call)
         try:
             value = await entry.func(**call.args)
         except asyncio.CancelledError:
@@ -155,8 +159,12 @@ class Dispatcher:
         except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
             if is_memory_error(exc):
                 die_of_memory_error()
+            if self_kill is not None:
+                await self_kill.wait_for_death_async()
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
+            if self_kill is not None:
+                await self_kill.wait_for_death_async()
             self._send_value(call.call_id, value)
 
     def _async_done(self, call_id: int, task: asyncio.Task[None]) -> None:
@@ -170,6 +178,7 @@ class Dispatcher:
 
     # -- pool threads ----------------------------------------------------
     def _run_sync(self, entry: Entry, call: Call) -> None:
+        self_kill = _SelfKill.arm(call)
         try:
             value = entry.func(**call.args)
             if inspect.isawaitable(value):
@@ -178,8 +187,12 @@ class Dispatcher:
         except BaseException as exc:  # SystemExit from an entry is its failure, not the worker's end
             if is_memory_error(exc):
                 die_of_memory_error()
+            if self_kill is not None:
+                self_kill.wait_for_death()
             self.send_error(call.call_id, error=error_from_exception("failed", exc))
         else:
+            if self_kill is not None:
+                self_kill.wait_for_death()
             self._send_value(call.call_id, value)
 
     # -- any thread ------------------------------------------------------
@@ -213,6 +226,34 @@ class Dispatcher:
             safe = ErrorInfo(error.kind, _safe_text(error.type), _safe_text(error.message)[:65536], _safe_text(error.traceback)[-65536:])
             data = encode_message(Result(call_id, False, None, safe), self.writer.max_frame_size)
         self.writer.write_frame(data)
+
+
+class _SelfKill:
+    """The chaos fault "kill_in_entry": this worker SIGKILLs itself a moment after
+    the entry starts (or as soon as it ends, if sooner), and the call's answer never
+    leaves: whoever reaches the answer first waits for the kill."""
+
+    INSIDE = 0.01  # seconds into the entry
+
+    def __init__(self) -> None:
+        self._entry_done = threading.Event()
+        threading.Thread(target=self._kill, name="neko-chaos-kill", daemon=True).start()
+
+    @classmethod
+    def arm(cls, call: Call) -> _SelfKill | None:
+        return cls() if call.fault == "kill_in_entry" else None
+
+    def _kill(self) -> None:
+        self._entry_done.wait(self.INSIDE)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def wait_for_death(self) -> None:
+        self._entry_done.set()
+        threading.Event().wait()  # SIGKILL ends this
+
+    async def wait_for_death_async(self) -> None:
+        self._entry_done.set()
+        await asyncio.Event().wait()  # SIGKILL ends this
 
 
 def _safe_text(text: str) -> str:

@@ -39,7 +39,7 @@ from protocol import (
     Shutdown,
     encode_message,
 )
-from protocol.exits import EXIT_OK, EXIT_START_FAILED
+from protocol.exits import EXIT_OK, EXIT_PROTOCOL_ERROR, EXIT_START_FAILED
 from protocol.messages import EntryInfo
 from protocol.streams import BlockingWriter, MessageProtocol
 from worker.confine import (
@@ -157,10 +157,11 @@ class Session:
 
         await self.stopping.wait()
         self.timer_stop.set()
-        if self.stop_reason == "eof":
-            # The supervisor is gone: nobody can read results any more. Give the
-            # shutdown hooks a bounded moment, then leave.
-            _exit_after(EOF_EXIT_GRACE)
+        code = EXIT_PROTOCOL_ERROR if self.stop_reason == "protocol" else EXIT_OK
+        if self.stop_reason in ("eof", "protocol"):
+            # The supervisor is gone, or what it sends cannot be read: no result
+            # can be trusted to arrive. Give the shutdown hooks a bounded moment, then leave.
+            _exit_after(EOF_EXIT_GRACE, code)
         else:
             # Calls in flight may finish within the grace; then async ones are
             # cancelled (sync ones cannot be) and the hooks run regardless.
@@ -173,7 +174,7 @@ class Session:
                 await _run_hook(hook)
             except Exception:
                 logger.exception("shutdown hook %s failed", getattr(hook, "__name__", hook))
-        return EXIT_OK
+        return code
 
     async def _open_input(self, dispatcher: Dispatcher) -> None:
         loop = asyncio.get_running_loop()
@@ -196,7 +197,7 @@ class Session:
         def on_close(error: BaseException | None) -> None:
             if error is not None:
                 logging.getLogger("worker").error("protocol input broke: %s", error)
-            self._stop("eof")
+            self._stop("protocol" if error is not None else "eof")
 
         pipe = os.fdopen(self.in_fd, "rb", buffering=0)
         await loop.connect_read_pipe(lambda: MessageProtocol(on_message, on_close, self.max_frame_size), pipe)
@@ -217,8 +218,8 @@ def _entry_info(entry: Any) -> EntryInfo:
     return EntryInfo(entry.id, entry.name, entry.description, entry.input_schema, entry.timeout, entry.is_async)
 
 
-def _exit_after(seconds: float) -> None:
-    timer = threading.Timer(seconds, lambda: _hard_exit(EXIT_OK))
+def _exit_after(seconds: float, code: int) -> None:
+    timer = threading.Timer(seconds, lambda: _hard_exit(code))
     timer.daemon = True
     timer.start()
 
