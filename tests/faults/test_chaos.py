@@ -108,7 +108,7 @@ async def test_a_frozen_worker_answers_after_the_thaw(tmp_path: Path, entry: str
         pid = sup.status("echo").pid
         assert pid is not None
         chaos.freeze()
-        assert psutil.Process(pid).status() == psutil.STATUS_STOPPED
+        await wait_for(lambda: psutil.Process(pid).status() == psutil.STATUS_STOPPED)  # SIGSTOP lands asynchronously
         call = asyncio.create_task(sup.call("echo", entry, {"value": 7}))
         done, _ = await asyncio.wait([call], timeout=0.3)
         assert not done, "a frozen worker cannot answer"
