@@ -17,7 +17,7 @@ import pytest
 
 from supervisor import FakeClock, PluginUnavailable, WorkerCrashed
 from supervisor.pytest_plugin import SupervisorFactory, wait_for_restart
-from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
+from tests.conftest import FAULT_PLUGINS, PLUGINS, ROOT, copy_plugins, pid_alive
 
 pytest_plugins = ["pytester"]
 
@@ -262,3 +262,14 @@ async def test_wait_for_restart_gives_up_on_a_failed_plugin(
             await wait_for_restart(sup, "import_error", after=5)
         assert sup.status("import_error").state == "failed"
     assert neko_clock() > 0
+
+
+def test_the_readmes_example_runs_as_written(inner: pytest.Pytester) -> None:
+    """The example of "Testing your plugin under faults", copied out of README.md unchanged."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Testing your plugin under faults", 1)[1]
+    example = section.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "neko_supervisor" in example and "kill_next_call" in example
+    inner.makepyfile(test_persistent_faults=example)  # it names "plugins/persistent", relative to the run's folder
+    result = inner.runpytest_subprocess(timeout=60)
+    result.assert_outcomes(passed=2)
