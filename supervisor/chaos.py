@@ -143,12 +143,17 @@ class PluginChaos:
     def record(self, kind: str, detail: str = "", call_id: int | None = None, entry_id: str | None = None) -> None:
         self._records.append(Injection(kind, time.monotonic(), detail, call_id, entry_id))
 
-    def take_call_fault(self, entry_id: str) -> Phase | None:
+    def take_call_fault(self, entry_id: str) -> tuple[Phase, str | None] | None:
+        """The fault armed for the next call of `entry_id`, with the entry it was armed for."""
         for index, (phase, entry) in enumerate(self._call_faults):
             if entry is None or entry == entry_id:
                 del self._call_faults[index]
-                return phase
+                return phase, entry
         return None
+
+    def rearm_call_fault(self, phase: Phase, entry: str | None) -> None:
+        """A call fault that could not land (the entry never ran): first in line again."""
+        self._call_faults.insert(0, (phase, entry))
 
     def take_frame_fault(self, direction: Direction) -> str | None:
         """"drop", "corrupt" or None for the next frame in `direction`."""

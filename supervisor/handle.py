@@ -64,6 +64,11 @@ from supervisor.manifest import Manifest
 from supervisor.watch import ResourceWatcher
 
 SIGTERM_GRACE = 2.0      # after SIGTERM, this long before SIGKILL
+IN_CALL_KILLS = {
+    Phase.BEFORE_DELIVERY: "killed before the call reached the plugin",
+    Phase.IN_ENTRY: "killed while the entry ran",
+    Phase.BEFORE_RESULT: "killed after the entry returned, before its result reached the caller",
+}
 PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
 STDOUT_EOF_GRACE = 0.5    # after the protocol output closes, how long the exit may take to be seen
 STRAY_KILL_TIMEOUT = 1.0  # how long to wait for killed descendants to disappear
@@ -136,6 +141,9 @@ class WorkerHandle:
         self._chaos = chaos
         self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation) if chaos is not None else None
         self._kill_on_result: set[int] = set()  # chaos: calls whose result must never reach the caller
+        self._in_entry: dict[int, str | None] = {}  # chaos: calls whose worker kills itself in the entry
+        self._thaw_timer: asyncio.TimerHandle | None = None
+        self._killed_before_stop = False
         self._stdin: asyncio.WriteTransport | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._hello = False
@@ -292,30 +300,28 @@ class WorkerHandle:
             raise InvalidArguments(f"arguments for {self.plugin_id}.{entry_id} are too large: {exc}") from exc
         future: asyncio.Future[Any] = self._loop.create_future()
         self._pending[call_id] = _Pending(entry_id, future)
-        phase = self._chaos.take_call_fault(entry_id) if self._chaos is not None else None
-        if phase is not None:
-            data = self._inject_into_call(phase, Call(call_id, entry_id, dict(args)), data)
+        fault = self._chaos.take_call_fault(entry_id) if self._chaos is not None else None
+        if fault is not None:
+            data = self._inject_into_call(*fault, Call(call_id, entry_id, dict(args)), data)
             if not data:
                 return call_id, future
         self._out(data, "call", call_id)
         return call_id, future
 
-    def _inject_into_call(self, phase: Phase, call: Call, data: bytes) -> bytes:
+    def _inject_into_call(self, phase: Phase, armed_for: str | None, call: Call, data: bytes) -> bytes:
         """Arm a kill at `phase` of this call; the frame to send (empty: send nothing)."""
         assert self._chaos is not None
-        where = {
-            Phase.BEFORE_DELIVERY: "killed before the call reached the plugin",
-            Phase.IN_ENTRY: "killed while the entry ran",
-            Phase.BEFORE_RESULT: "killed after the entry returned, before its result reached the caller",
-        }[phase]
+        if phase is Phase.IN_ENTRY:
+            # The worker kills itself: only it knows when the entry has started. It is
+            # recorded when the worker dies with the call open (see _finish), and armed
+            # again if the call is answered (its entry never ran: bad arguments, cancelled).
+            self._in_entry[call.call_id] = armed_for
+            return protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
+        where = IN_CALL_KILLS[phase]
         self._chaos.record(f"kill_{phase.value}", where, call.call_id, call.entry_id)
         if phase is Phase.BEFORE_DELIVERY:
             self.kill(f"chaos: {where} (call {call.call_id})")
             return b""
-        if phase is Phase.IN_ENTRY:
-            # The worker kills itself: only it knows when the entry has started.
-            self._death_reason = self._death_reason or f"chaos: {where} (call {call.call_id})"
-            return protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
         self._kill_on_result.add(call.call_id)
         return data
 
@@ -323,13 +329,15 @@ class WorkerHandle:
         """kill / freeze / thaw this worker now, for the chaos API."""
         assert self._chaos is not None
         if action == "kill":
-            self._chaos.record("kill", "killed now")
+            if self._killer is None and not self._exited:  # one death, one record
+                self._chaos.record("kill", "killed now")
             self.kill("chaos: killed")
         elif action == "freeze":
             self._chaos.record("freeze", "until thawed" if seconds is None else f"for {seconds:g} s")
+            self._cancel_thaw()
             self._signal(signal.SIGSTOP)
             if seconds is not None:
-                self._loop.call_later(seconds, self._thaw)
+                self._thaw_timer = self._loop.call_later(seconds, self._thaw)
         elif action == "thaw":
             self._chaos.record("thaw")
             self._thaw()
@@ -337,7 +345,13 @@ class WorkerHandle:
             raise ValueError(f"unknown chaos action {action!r}")
 
     def _thaw(self) -> None:
+        self._cancel_thaw()
         self._signal(signal.SIGCONT)
+
+    def _cancel_thaw(self) -> None:
+        if self._thaw_timer is not None:
+            self._thaw_timer.cancel()
+            self._thaw_timer = None
 
     def abandon(self, call_id: int, grace: float) -> None:
         """The caller gave up (timeout or cancellation): ask the worker to cancel,
@@ -374,7 +388,10 @@ class WorkerHandle:
         if self.state is WorkerState.STARTING:
             return await self._kill_and_wait("stopped while starting")
         self._move(WorkerState.STOPPING)
-        self._death_reason = "stopped"
+        # A kill already under way (a hang, a limit, chaos) keeps its reason, and its
+        # callers hear WorkerCrashed: the stop did not cause that death.
+        self._killed_before_stop = self._killer is not None
+        self._death_reason = self._death_reason or "stopped"
         # The worker gets half the time for calls in flight, then runs its shutdown hooks.
         self._send(Shutdown(shutdown_timeout / 2))
         if await self._wait_dead_for(shutdown_timeout):
@@ -503,6 +520,9 @@ class WorkerHandle:
             self.log.event(f"the sandbox was requested but is NOT applied: {sandbox.get('reason') or 'unknown'}", logging.WARNING)
 
     def _on_result(self, result: Result) -> None:
+        if result.call_id in self._in_entry and self._chaos is not None:
+            # Answered: the entry never ran (or the worker could not kill itself). The fault waits for another call.
+            self._chaos.rearm_call_fault(Phase.IN_ENTRY, self._in_entry.pop(result.call_id))
         if result.call_id in self._kill_on_result:
             # Chaos: the answer reached the supervisor and goes no further; the call
             # stays pending and fails with WorkerCrashed when the worker dies.
@@ -581,8 +601,9 @@ class WorkerHandle:
     async def _finish(self, returncode: int) -> None:
         """Tell everyone the worker is dead. `_dead` is resolved whatever goes wrong here."""
         assert self._proc is not None
+        self._record_kills_in_entry(returncode)
         self.exit = ExitInfo(self._proc.pid, returncode, self._death_reason or self._reason_from_status(returncode))
-        was_stopping = self.state is WorkerState.STOPPING
+        was_stopping = self.state is WorkerState.STOPPING and not self._killed_before_stop
         self._move(WorkerState.DEAD)
         try:
             await self._collect_remains()
@@ -617,6 +638,15 @@ class WorkerHandle:
             async with asyncio.timeout(STRAY_KILL_TIMEOUT):
                 while not all(process.gone(p) for p in strays):  # noqa: ASYNC110 - no event exists for a non-child's death
                     await asyncio.sleep(0.005)
+
+    def _record_kills_in_entry(self, returncode: int) -> None:
+        open_calls = [call_id for call_id in self._in_entry if call_id in self._pending]
+        if self._chaos is None or not open_calls or returncode != -signal.SIGKILL:
+            return
+        where = IN_CALL_KILLS[Phase.IN_ENTRY]
+        for call_id in open_calls:
+            self._chaos.record("kill_in_entry", where, call_id, self._pending[call_id].entry_id)
+        self._death_reason = self._death_reason or f"chaos: {where} (call {open_calls[0]})"
 
     def _kill_remains(self) -> list[psutil.Process]:
         # No root pid: the worker is reaped, its pid may already belong to someone else.

@@ -16,7 +16,15 @@ from typing import Any
 import psutil
 import pytest
 
-from supervisor import CallTimeout, FakeClock, PluginChaos, ProtocolError, Supervisor, WorkerCrashed
+from supervisor import (
+    CallTimeout,
+    FakeClock,
+    InvalidArguments,
+    PluginChaos,
+    ProtocolError,
+    Supervisor,
+    WorkerCrashed,
+)
 from tests.conftest import PLUGINS, copy_plugins
 from tests.faults.helpers import set_runtime, supervising, wait_for
 
@@ -206,3 +214,43 @@ def test_bad_arguments_are_refused_with_a_clear_error(method: str, args: tuple[A
     with pytest.raises(ValueError, match=r"must be|is not a valid (Direction|Phase)"):
         getattr(chaos, method)(*args)
     assert not chaos.armed and chaos.injections == ()
+
+
+# -- found by the fault matrix ---------------------------------------------------------------
+
+async def test_a_freeze_until_thawed_is_not_ended_by_an_earlier_timed_freeze(tmp_path: Path) -> None:
+    async with supervising(tmp_path, ["echo"], ECHO) as sup:
+        chaos = sup.chaos("echo")
+        chaos.freeze(0.2)
+        chaos.thaw()
+        chaos.freeze()  # until thaw()
+        call = asyncio.create_task(sup.call("echo", "echo", {"value": 1}))
+        done, _ = await asyncio.wait([call], timeout=0.5)
+        assert not done, "the first freeze's timer thawed the second"
+        chaos.thaw()
+        assert await call == 1
+
+
+async def test_kill_in_entry_waits_for_a_call_whose_entry_runs(tmp_path: Path) -> None:
+    async with supervising(tmp_path, ["echo"], ECHO) as sup:
+        chaos = sup.chaos("echo")
+        chaos.kill_next_call("in_entry")
+        with pytest.raises(InvalidArguments):
+            await sup.call("echo", "sleep", {"wrong": 1})  # the entry never runs: the fault waits
+        assert chaos.armed and sup.status("echo").injections == ()
+        with pytest.raises(WorkerCrashed, match="chaos: killed while the entry ran"):
+            await sup.call("echo", "sleep", {"seconds": 10})
+        (injection,) = sup.status("echo").injections
+        assert (injection.kind, injection.call_id) == ("kill_in_entry", 2)
+
+
+async def test_a_kill_under_way_when_a_stop_begins_is_still_a_crash(tmp_path: Path) -> None:
+    async with supervising(tmp_path, ["echo"], ECHO) as sup:
+        call = asyncio.create_task(sup.call("echo", "sleep", {"seconds": 30}))
+        await wait_for(lambda: sup.status("echo").in_flight == 1)
+        sup.chaos("echo").kill()
+        await sup.stop_plugin("echo")
+        with pytest.raises(WorkerCrashed, match="chaos: killed"):
+            await call
+        last_exit = sup.status("echo").last_exit
+        assert last_exit is not None and last_exit.reason == "chaos: killed"
