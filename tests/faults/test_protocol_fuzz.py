@@ -201,7 +201,7 @@ async def sup(tmp_path: Path, no_leaks: None) -> AsyncIterator[Supervisor]:
 
 # About 15 s when it passes; the timeout leaves room to shrink a failing example.
 @pytest.mark.timeout(180)
-@settings(max_examples=150, deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, report_multiple_bugs=False, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(write=writes(), exit_after=st.booleans())
 async def test_raw_bytes_from_a_worker_give_protocol_error_or_nothing_and_the_plugin_comes_back(
     sup: Supervisor, write: tuple[bytes, list[int]], exit_after: bool
