@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -127,7 +128,7 @@ class WorkerHandle:
         self.state = WorkerState.STARTING
         self.entries: dict[str, EntryInfo] = {}
         self.exit: ExitInfo | None = None
-        self.started_at: float | None = None  # loop time of the handshake
+        self.started_at: float | None = None  # time.monotonic() of the handshake
         self.sandbox = sandbox
         self.network = manifest.runtime.network if network is None else network
         self.protections: dict[str, Any] = {}  # what the worker reported it applied
@@ -216,7 +217,7 @@ class WorkerHandle:
         except BaseException:
             await self._abort("start interrupted")
             raise
-        self.started_at = self._loop.time()
+        self.started_at = time.monotonic()
         self._move(WorkerState.READY)
 
     async def _connect(self) -> None:

@@ -138,7 +138,7 @@ class PluginSlot:
     def status(self) -> PluginStatus:
         handle = self._handle
         running = handle is not None and self.state is PluginState.RUNNING
-        loop_time = asyncio.get_running_loop().time() if running else 0.0
+        now = time.monotonic()  # not the loop's clock: status() must work from any thread or none
         usage = handle.usage if handle is not None and handle.alive else None
         return PluginStatus(
             id=self.id,
@@ -150,7 +150,7 @@ class PluginSlot:
             last_exit=self.last_exit,
             error=self.error,
             entries=tuple(self._entries.values()),
-            uptime=(loop_time - handle.started_at) if running and handle and handle.started_at is not None else None,
+            uptime=(now - handle.started_at) if running and handle and handle.started_at is not None else None,
             calls=self.calls,
             failures=self.failures,
             in_flight=handle.in_flight if handle is not None else 0,
