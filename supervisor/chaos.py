@@ -22,7 +22,7 @@ import collections
 import enum
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from protocol import Message
@@ -73,8 +73,10 @@ class PluginChaos:
         self._random = random.Random(seed)
         # False until a frame fault or delay is first armed: until then handles skip the tap.
         self.touches_frames = False
-        # Set by the slot: acts on the current worker (kill, freeze, thaw). None while no worker runs.
+        # Set by the slot: acts on the current worker (kill, freeze, thaw), and names
+        # the plugin's entries once a worker has reported them.
         self._act: Callable[[str, float | None], bool] | None = None
+        self._entries: Callable[[], Collection[str]] = tuple
 
     # -- what a test asks for ------------------------------------------------------
     def kill(self) -> None:
@@ -93,7 +95,11 @@ class PluginChaos:
     def kill_next_call(self, phase: Phase | str = Phase.IN_ENTRY, entry: str | None = None) -> None:
         """Kill the worker at `phase` of the next call (of `entry`, if given). Several
         arm several calls, in order."""
-        self._call_faults.append((Phase(phase), entry))
+        phase = Phase(phase)
+        known = self._entries()
+        if entry is not None and known and entry not in known:
+            raise ValueError(f"plugin {self.plugin_id!r} has no entry {entry!r} (entries: {', '.join(sorted(known))})")
+        self._call_faults.append((phase, entry))
 
     def delay(self, direction: Direction | str, seconds: float, jitter: float = 0.0) -> None:
         """Hold every frame in `direction` for `seconds` plus up to `jitter` more (random,
@@ -264,8 +270,14 @@ class FrameTap:
         if held:
             self._timers[direction] = self._loop.call_at(held[0][0], self._release, direction)
 
+    def flush_incoming(self) -> None:
+        """The worker is dead: hand over, in order, what it had sent and a delay still holds."""
+        held = self._held[Direction.FROM_WORKER]
+        while held:
+            held.popleft()[1]()
+
     def close(self) -> None:
-        """The worker is dead: frames still held are lost, as they would be in a pipe."""
+        """The worker is dead: frames held on their way to it are lost, as in a closed pipe."""
         for direction in Direction:
             timer = self._timers[direction]
             if timer is not None:

@@ -142,9 +142,11 @@ class WorkerHandle:
         self._chaos = chaos
         self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation) if chaos is not None else None
         self._kill_on_result: set[int] = set()  # chaos: calls whose result must never reach the caller
-        self._in_entry: dict[int, str | None] = {}  # chaos: calls whose worker kills itself in the entry
+        # chaos: calls whose worker kills itself in the entry: call id -> (entry armed for, entry called)
+        self._in_entry: dict[int, tuple[str | None, str]] = {}
         self._thaw_timer: asyncio.TimerHandle | None = None
         self._killed_before_stop = False
+        self._frozen = False  # by chaos.freeze(), until thawed
         self._stdin: asyncio.WriteTransport | None = None
         self._transports: list[asyncio.BaseTransport] = []
         self._hello = False
@@ -316,7 +318,7 @@ class WorkerHandle:
             # The worker kills itself: only it knows when the entry has started. It is
             # recorded when the worker dies with the call open (see _finish), and armed
             # again if the call is answered (its entry never ran: bad arguments, cancelled).
-            self._in_entry[call.call_id] = armed_for
+            self._in_entry[call.call_id] = (armed_for, call.entry_id)
             return protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
         where = IN_CALL_KILLS[phase]
         self._chaos.record(f"kill_{phase.value}", where, call.call_id, call.entry_id)
@@ -336,6 +338,7 @@ class WorkerHandle:
         elif action == "freeze":
             self._chaos.record("freeze", "until thawed" if seconds is None else f"for {seconds:g} s")
             self._cancel_thaw()
+            self._frozen = True
             self._signal(signal.SIGSTOP)
             if seconds is not None:
                 self._thaw_timer = self._loop.call_later(seconds, self._thaw)
@@ -347,6 +350,7 @@ class WorkerHandle:
 
     def _thaw(self) -> None:
         self._cancel_thaw()
+        self._frozen = False
         self._signal(signal.SIGCONT)
 
     def _cancel_thaw(self) -> None:
@@ -393,6 +397,8 @@ class WorkerHandle:
         # callers hear WorkerCrashed: the stop did not cause that death.
         self._killed_before_stop = self._killer is not None
         self._death_reason = self._death_reason or "stopped"
+        if self._frozen:
+            self._thaw()  # a test's freeze must not turn a graceful stop into a SIGKILL
         # The worker gets half the time for calls in flight, then runs its shutdown hooks.
         self._send(Shutdown(shutdown_timeout / 2))
         if await self._wait_dead_for(shutdown_timeout):
@@ -472,7 +478,7 @@ class WorkerHandle:
             self._deliver(message)
 
     def _deliver(self, message: Message) -> None:
-        if self._death_error is not None or self.state is WorkerState.DEAD:
+        if self._death_error is not None:
             return  # after a violation nothing from this worker is trusted; it is being killed
         if isinstance(message, Result):
             self._on_result(message)
@@ -523,7 +529,7 @@ class WorkerHandle:
     def _on_result(self, result: Result) -> None:
         if result.call_id in self._in_entry and self._chaos is not None:
             # Answered: the entry never ran (or the worker could not kill itself). The fault waits for another call.
-            self._chaos.rearm_call_fault(Phase.IN_ENTRY, self._in_entry.pop(result.call_id))
+            self._chaos.rearm_call_fault(Phase.IN_ENTRY, self._in_entry.pop(result.call_id)[0])
         if result.call_id in self._kill_on_result:
             # Chaos: the answer reached the supervisor and goes no further; the call
             # stays pending and fails with WorkerCrashed when the worker dies.
@@ -608,6 +614,9 @@ class WorkerHandle:
         self._move(WorkerState.DEAD)
         try:
             await self._collect_remains()
+            if self._tap is not None:
+                # What a delay still holds had left the worker: a pipe would hand it over now.
+                self._tap.flush_incoming()
             self.log.end_stderr()
             self.log.event(self.exit.describe())
             if self._on_death is not None:
@@ -641,13 +650,20 @@ class WorkerHandle:
                     await asyncio.sleep(0.005)
 
     def _record_kills_in_entry(self, returncode: int) -> None:
-        open_calls = [call_id for call_id in self._in_entry if call_id in self._pending]
-        if self._chaos is None or not open_calls or returncode != -signal.SIGKILL:
+        """The worker died with kill_in_entry calls open: if it killed itself (SIGKILL that
+        we did not send), that is the fault landing; otherwise it never got its chance,
+        and the fault waits for another call."""
+        if self._chaos is None or not self._in_entry:
             return
-        where = IN_CALL_KILLS[Phase.IN_ENTRY]
-        for call_id in open_calls:
-            self._chaos.record("kill_in_entry", where, call_id, self._pending[call_id].entry_id)
-        self._death_reason = self._death_reason or f"chaos: {where} (call {open_calls[0]})"
+        if returncode == -signal.SIGKILL and self._killer is None:
+            where = IN_CALL_KILLS[Phase.IN_ENTRY]
+            for call_id, (_, entry_id) in self._in_entry.items():
+                self._chaos.record("kill_in_entry", where, call_id, entry_id)
+            self._death_reason = self._death_reason or f"chaos: {where} (call {next(iter(self._in_entry))})"
+        else:
+            for armed_for, _ in self._in_entry.values():
+                self._chaos.rearm_call_fault(Phase.IN_ENTRY, armed_for)
+        self._in_entry.clear()
 
     def _kill_remains(self) -> list[psutil.Process]:
         # No root pid: the worker is reaped, its pid may already belong to someone else.

@@ -241,10 +241,14 @@ class _TestRun:
                     " (use it as `async with neko_supervisor(...) as sup:`); "
                     + ("the fixture stopped it on its event loop." if stopped_now else "its event loop is closed, so the fixture could not stop it.")
                 )
-        left = self.left_behind()
-        if left:
-            problems.append(f"{len(left)} process(es) left behind by the test, killed now:" + "".join(f"\n  {_describe(proc)}" for proc in left))
-        _kill(left)
+        ours, others = self.left_behind()
+        if ours:
+            problems.append(f"{len(ours)} process(es) left behind by the test, killed now:" + "".join(f"\n  {_describe(proc)}" for proc in ours))
+        if others:
+            # Not started through this fixture (a longer-lived supervisor's new worker,
+            # say): reported, never killed or reaped, since someone else owns them.
+            problems.append(f"{len(others)} other new process(es) of this test are still alive or unreaped:" + "".join(f"\n  {_describe(proc)}" for proc in others))
+        _kill(ours)
         for lifetime in self.lifetimes:
             lifetime.supervisor = lifetime.loop = None
         if stranded:
@@ -252,7 +256,8 @@ class _TestRun:
         if problems:
             pytest.fail("neko_supervisor: " + "\n".join(problems), pytrace=False)
 
-    def left_behind(self) -> list[psutil.Process]:
+    def left_behind(self) -> tuple[list[psutil.Process], list[psutil.Process]]:
+        """(processes of this test's supervisors, other new descendants of this process)."""
         import psutil
 
         from supervisor.process import TAG_VARIABLE
@@ -260,7 +265,8 @@ class _TestRun:
         me = psutil.Process()
         new_children = {child.pid: child for child in me.children(recursive=True) if _identity(child) not in self.children_before}
         direct = {child.pid for child in me.children()}
-        left: dict[int, psutil.Process] = {}
+        ours: dict[int, psutil.Process] = {}
+        others: dict[int, psutil.Process] = {}
         for proc in psutil.process_iter():
             if proc.pid == me.pid:
                 continue
@@ -271,13 +277,15 @@ class _TestRun:
                 continue  # gone, or not ours to read
             if zombie or TAG_VARIABLE not in environ:
                 continue
-            if environ.get(RUN_VARIABLE) == self.id or proc.pid in new_children:
-                left[proc.pid] = proc
+            if environ.get(RUN_VARIABLE) == self.id:
+                ours[proc.pid] = proc
+            elif proc.pid in new_children:
+                others[proc.pid] = proc
         for pid, child in new_children.items():
-            # A zombie's environment is gone: any new unreaped child of ours counts.
-            if pid in direct and _status(child) == psutil.STATUS_ZOMBIE:
-                left[pid] = child
-        return sorted(left.values(), key=lambda proc: proc.pid)
+            # A zombie's environment is gone: a new unreaped child is reported, not reaped.
+            if pid in direct and pid not in ours and _status(child) == psutil.STATUS_ZOMBIE:
+                others[pid] = child
+        return sorted(ours.values(), key=lambda proc: proc.pid), sorted(others.values(), key=lambda proc: proc.pid)
 
 
 def _identity(proc: psutil.Process) -> tuple[int, float]:

@@ -122,6 +122,7 @@ class PluginSlot:
         self._stopping: asyncio.Task[None] | None = None
         self.chaos = PluginChaos(plugin_id)
         self.chaos._act = self._chaos_act
+        self.chaos._entries = lambda: self._entries
 
     # -- state ----------------------------------------------------------------
     def _move(self, new: PluginState) -> None:

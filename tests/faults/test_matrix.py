@@ -332,8 +332,14 @@ MATRIX = [
     Cell("shutdown", "kill() during stop_plugin", at_stop(lambda c: c.drop_next("to_worker"), lambda c: c.kill(), shutdown_frame_dropped),
          PluginUnavailable, (0, 1.5), STOPPED, (("drop", False), ("kill", False)), exit=STOPPED_BY_KILL,
          runtime={"shutdown_timeout": 3}, message="stopped while the call was in flight"),
-    Cell("shutdown", "freeze() during stop_plugin", at_stop(lambda c: c.freeze()),
-         PluginUnavailable, (SHUTDOWN + SIGTERM_GRACE, SHUTDOWN + SIGTERM_GRACE + 1.5), STOPPED, (("freeze", False),),
+    # A worker frozen by a test is thawed when its stop begins: the stop stays graceful.
+    Cell("shutdown", "freeze() before stop_plugin", at_stop(lambda c: c.freeze()),
+         PluginUnavailable, (0, SHUTDOWN + 1.0), STOPPED, (("freeze", False),),
+         exit=Exit(code=0, reason="stopped"), message="stopped while the call was in flight",
+         kinds={"async": {"message": "was cancelled: the worker is shutting down"}}),  # async calls are cancelled by the stop
+    # Frozen once the stop has begun (its shutdown frame lost): SIGTERM waits in vain, then SIGKILL.
+    Cell("shutdown", "freeze() during stop_plugin", at_stop(lambda c: c.drop_next("to_worker"), lambda c: c.freeze(), shutdown_frame_dropped),
+         PluginUnavailable, (SHUTDOWN + SIGTERM_GRACE, SHUTDOWN + SIGTERM_GRACE + 1.5), STOPPED, (("drop", False), ("freeze", False)),
          exit=STOPPED_BY_KILL, message="stopped while the call was in flight",
          log=f"ignored SIGTERM for {SIGTERM_GRACE:g} s; sending SIGKILL"),
 ]
