@@ -318,8 +318,13 @@ class WorkerHandle:
             # The worker kills itself: only it knows when the entry has started. It is
             # recorded when the worker dies with the call open (see _finish), and armed
             # again if the call is answered (its entry never ran: bad arguments, cancelled).
+            try:
+                faulty = protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
+            except protocol.ProtocolError:  # the fault's few bytes tip the call over the frame limit
+                self._chaos.rearm_call_fault(phase, armed_for)
+                return data
             self._in_entry[call.call_id] = (armed_for, call.entry_id)
-            return protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
+            return faulty
         where = IN_CALL_KILLS[phase]
         self._chaos.record(f"kill_{phase.value}", where, call.call_id, call.entry_id)
         if phase is Phase.BEFORE_DELIVERY:
