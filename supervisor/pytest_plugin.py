@@ -67,6 +67,7 @@ import asyncio
 import dataclasses
 import functools
 import gc
+import json
 import os
 import shutil
 import uuid
@@ -93,9 +94,12 @@ KILL_WAIT = 5.0
 
 
 class SupervisorFactory(Protocol):
-    """The `neko_supervisor` fixture: `async with neko_supervisor(path, **options) as sup:`."""
+    """The `neko_supervisor` fixture: `async with neko_supervisor(path, runtime=None, **options) as sup:`.
 
-    def __call__(self, path: str | os.PathLike[str], /, **options: Any) -> Supervisor: ...
+    `runtime` sets `[plugin_runtime]` keys in the copy of one plugin folder (a higher
+    `max_restarts` for a test that kills often, say); `options` go to `Supervisor`."""
+
+    def __call__(self, path: str | os.PathLike[str], /, *, runtime: dict[str, Any] | None = None, **options: Any) -> Supervisor: ...
 
 
 @pytest.fixture
@@ -210,7 +214,7 @@ class _TestRun:
         self.lifetimes: list[_Lifetime] = []
         self.children_before = {_identity(child) for child in psutil.Process().children(recursive=True)}
 
-    def supervisor(self, path: str | os.PathLike[str], /, **options: Any) -> Supervisor:
+    def supervisor(self, path: str | os.PathLike[str], /, *, runtime: dict[str, Any] | None = None, **options: Any) -> Supervisor:
         source = Path(path)
         if not source.is_dir():
             raise NotADirectoryError(f"neko_supervisor needs a plugins folder or a plugin folder, got {str(source)!r}")
@@ -218,7 +222,12 @@ class _TestRun:
         if (source / "plugin.toml").is_file():
             plugins_dir = home / "plugins"
             # A copy, not a symlink: the plugin writes beside its plugin.toml.
-            shutil.copytree(source, plugins_dir / source.resolve().name, ignore=shutil.ignore_patterns("__pycache__"))
+            copy = plugins_dir / source.resolve().name
+            shutil.copytree(source, copy, ignore=shutil.ignore_patterns("__pycache__"))
+            if runtime:
+                _override_runtime(copy / "plugin.toml", runtime)
+        elif runtime:
+            raise ValueError("runtime= rewrites the copy of one plugin folder: give the plugin's folder, not a plugins folder")
         else:
             plugins_dir = source
         options.setdefault("log_dir", home / "logs")
@@ -286,6 +295,35 @@ class _TestRun:
             if pid in direct and pid not in ours and _status(child) == psutil.STATUS_ZOMBIE:
                 others[pid] = child
         return sorted(ours.values(), key=lambda proc: proc.pid), sorted(others.values(), key=lambda proc: proc.pid)
+
+
+def _override_runtime(manifest: Path, runtime: dict[str, Any]) -> None:
+    """Set `[plugin_runtime]` keys in the copy's plugin.toml (a test's max_restarts, say).
+    The supervisor parses the result as usual, so a bad value fails with its usual error."""
+    from supervisor.manifest import RuntimeOptions
+
+    unknown = sorted(set(runtime) - set(RuntimeOptions.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"runtime= has keys [plugin_runtime] does not know: {', '.join(unknown)}")
+    lines = manifest.read_text(encoding="utf-8").splitlines()
+    table = next((i for i, line in enumerate(lines) if line.strip() == "[plugin_runtime]"), None)
+    if table is None:
+        lines += ["", "[plugin_runtime]"]
+        table = len(lines) - 1
+    end = next((i for i in range(table + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
+    kept = [line for line in lines[table + 1 : end] if line.split("=", 1)[0].strip() not in runtime]
+    lines[table + 1 : end] = [f"{key} = {_toml_value(value)}" for key, value in runtime.items()] + kept
+    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a TOML basic string
+    raise TypeError(f"runtime= values must be bool, int, float or str, got {type(value).__name__}")
 
 
 def _identity(proc: psutil.Process) -> tuple[int, float]:

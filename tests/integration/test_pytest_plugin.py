@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from supervisor import FakeClock, PluginUnavailable, WorkerCrashed
+from supervisor import CallTimeout, FakeClock, PluginUnavailable, WorkerCrashed
 from supervisor.pytest_plugin import SupervisorFactory, wait_for_restart
 from tests.conftest import FAULT_PLUGINS, PLUGINS, ROOT, copy_plugins, pid_alive
 
@@ -262,6 +262,21 @@ async def test_wait_for_restart_gives_up_on_a_failed_plugin(
             await wait_for_restart(sup, "import_error", after=5)
         assert sup.status("import_error").state == "failed"
     assert neko_clock() > 0
+
+
+async def test_runtime_rewrites_the_copy_of_one_plugin(neko_supervisor: SupervisorFactory, tmp_path: Path) -> None:
+    source = copy_plugins(FAULT_PLUGINS, tmp_path / "source", ["echo"]) / "echo"
+    original = (source / "plugin.toml").read_text()
+    async with neko_supervisor(source, runtime={"call_timeout": 0.3, "max_restarts": 40}) as sup:
+        started = time.monotonic()
+        with pytest.raises(CallTimeout, match=r"after 0\.3 s"):
+            await sup.call("echo", "asleep", {"seconds": 5})  # no timeout given: the rewritten call_timeout
+        assert time.monotonic() - started < 2
+    assert (source / "plugin.toml").read_text() == original  # only the copy changed
+    with pytest.raises(ValueError, match="does not know: max_restart"):
+        neko_supervisor(source, runtime={"max_restart": 40})
+    with pytest.raises(ValueError, match="give the plugin's folder"):
+        neko_supervisor(source.parent, runtime={"max_restarts": 40})
 
 
 def test_the_readmes_example_runs_as_written(inner: pytest.Pytester) -> None:
