@@ -153,7 +153,8 @@ def _process(pid: int) -> psutil.Process | None:
         return None
 
 
-def _running(proc: psutil.Process) -> bool:
+def alive(proc: psutil.Process) -> bool:
+    """Running code: not a recycled pid, not gone, not a zombie."""
     try:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
@@ -166,9 +167,9 @@ def kill_descendants(root: psutil.Process | None, known: Iterable[psutil.Process
     snapshot from before the worker died) and their descendants.
 
     Pass `root=None` once the worker is reaped. Returns the processes signalled."""
-    if root is not None and not _running(root):
+    if root is not None and not alive(root):
         root = None  # already dead: its pid may be someone else's by now
-    bases = [proc for proc in known if _running(proc) and (root is None or proc.pid != root.pid)]
+    bases = [proc for proc in known if alive(proc) and (root is None or proc.pid != root.pid)]
     if root is not None:
         bases.insert(0, root)
     stopped: dict[int, psutil.Process] = {}

@@ -651,7 +651,7 @@ class WorkerHandle:
         # before anyone is told this worker is dead.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STRAY_KILL_TIMEOUT):
-                while not all(process.gone(p) for p in strays):  # noqa: ASYNC110 - no event exists for a non-child's death
+                while any(containment.alive(p) for p in strays):  # noqa: ASYNC110 - no event exists for a non-child's death
                     await asyncio.sleep(0.005)
 
     def _record_kills_in_entry(self, returncode: int) -> None:

@@ -154,11 +154,3 @@ def kill_tagged(token: str) -> list[psutil.Process]:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     return found
-
-
-def gone(proc: psutil.Process) -> bool:
-    """Dead, or a zombie that only its new parent can reap (it runs no code)."""
-    try:
-        return proc.status() == psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return True

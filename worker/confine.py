@@ -40,7 +40,6 @@ PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 CAP_SYS_RESOURCE = 24
 LAST_CAP = 63  # PR_CAPBSET_DROP rejects numbers past the kernel's last capability with EINVAL
-SANDBOX_MODES = ("off", "on", "required")
 
 # The pid of the worker whose signals the sandbox confines to its own sandbox,
 # once it does. A process forked from it inherits this module's state but shares

@@ -45,3 +45,19 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> None
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.01)  # a poll of state under a deadline, not synchronisation by sleep
+
+
+async def running_worker(sup: Supervisor, plugin_id: str, old_pid: int | None, timeout: float = 10.0) -> int:
+    """Wait, on state changes, until `plugin_id` is running in a worker other than `old_pid`."""
+    async with asyncio.timeout(timeout):
+        while True:
+            status = sup.status(plugin_id)
+            if status.state == "failed":
+                raise AssertionError(f"{plugin_id} failed: {status.error}")
+            if status.state == "running" and status.pid is not None and status.pid != old_pid:
+                return status.pid
+            if status.state == "running":
+                # Still the old worker: its death has not been noticed yet.
+                await sup.wait_for_state(plugin_id, "starting", "backoff", "failed", "stopped", timeout=timeout)
+            else:
+                await sup.wait_for_state(plugin_id, "running", "failed", "stopped", timeout=timeout)

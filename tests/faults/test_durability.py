@@ -23,7 +23,7 @@ import pytest
 
 from supervisor import PluginUnavailable, Supervisor, WorkerCrashed
 from tests.conftest import PLUGINS, copy_plugins
-from tests.faults.helpers import set_runtime
+from tests.faults.helpers import running_worker, set_runtime
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -43,22 +43,6 @@ class Tally:
     unavailable: list[str] = field(default_factory=list)  # PluginUnavailable: never ran
     kills: int = 0
     in_flight_at_kill: list[int] = field(default_factory=list)
-
-
-async def running_worker(sup: Supervisor, plugin_id: str, old_pid: int | None, timeout: float = 10.0) -> int:
-    """Wait, on state changes, until `plugin_id` is running in a worker other than `old_pid`."""
-    async with asyncio.timeout(timeout):
-        while True:
-            status = sup.status(plugin_id)
-            if status.state == "failed":
-                raise AssertionError(f"{plugin_id} failed: {status.error}")
-            if status.state == "running" and status.pid is not None and status.pid != old_pid:
-                return status.pid
-            if status.state == "running":
-                # Still the old worker: its death has not been noticed yet.
-                await sup.wait_for_state(plugin_id, "starting", "backoff", "failed", "stopped", timeout=timeout)
-            else:
-                await sup.wait_for_state(plugin_id, "running", "failed", "stopped", timeout=timeout)
 
 
 async def save_in_a_loop(sup: Supervisor, keys: itertools.count[int], done: asyncio.Event, tally: Tally) -> None:

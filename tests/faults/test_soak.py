@@ -25,7 +25,7 @@ import psutil
 import pytest
 
 from supervisor import Supervisor
-from tests.faults.helpers import supervising
+from tests.faults.helpers import running_worker, supervising
 
 pytestmark = pytest.mark.usefixtures("no_leaks")
 
@@ -62,22 +62,6 @@ def usage() -> Usage:
     children = sorted(child.pid for child in me.children(recursive=True))
     gc.collect()  # only for the memory reading: garbage awaiting collection is not a leak
     return Usage(fds, threads, os_threads, children, me.memory_info().rss)
-
-
-async def running_worker(sup: Supervisor, plugin_id: str, old_pid: int | None, timeout: float = 10.0) -> int:
-    """Wait, on state changes, until `plugin_id` is running in a worker other than `old_pid`."""
-    async with asyncio.timeout(timeout):
-        while True:
-            status = sup.status(plugin_id)
-            if status.state == "failed":
-                raise AssertionError(f"{plugin_id} failed: {status.error}")
-            if status.state == "running" and status.pid is not None and status.pid != old_pid:
-                return status.pid
-            if status.state == "running":
-                # Still the old worker: its death has not been noticed yet.
-                await sup.wait_for_state(plugin_id, "starting", "backoff", "failed", "stopped", timeout=timeout)
-            else:
-                await sup.wait_for_state(plugin_id, "running", "failed", "stopped", timeout=timeout)
 
 
 async def start_every_executor_thread() -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from supervisor import process
+from supervisor import containment
 from tests.conftest import FAULT_PLUGINS, ROOT, copy_plugins
 
 HOST = """
@@ -47,9 +47,9 @@ def test_workers_exit_when_the_supervisor_dies(tmp_path: Path, sig: int) -> None
         # Orphaned workers become children of init, which reaps them on its own
         # schedule: a zombie runs no code, so "exited" means dead or zombie.
         deadline = died_at + 2.0
-        while not all(process.gone(w) for w in workers) and time.monotonic() < deadline:
+        while any(containment.alive(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.01)  # polling a state under a deadline
-        alive = [w.pid for w in workers if not process.gone(w)]
+        alive = [w.pid for w in workers if containment.alive(w)]
         assert not alive, f"workers still running {time.monotonic() - died_at:.2f} s after the supervisor died: {alive}"
     finally:
         if host.poll() is None:
