@@ -2,6 +2,7 @@
 
     neko-supervisor list PLUGINS_DIR [--json]
     neko-supervisor call PLUGINS_DIR PLUGIN ENTRY [--args JSON] [--timeout S]
+    neko-supervisor serve PLUGINS_DIR [--host 127.0.0.1] [--port 8765] [--token-file PATH]
 
 `call` prints the entry's value as JSON on stdout and nothing else there; logs
 go to stderr. On failure: one line on stderr, no traceback, exit 1 (2 for a
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import contextlib
 import json
 import logging
@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from supervisor import jsonvalue
 from supervisor.errors import (
     EntryNotFound,
     InvalidArguments,
@@ -41,13 +42,6 @@ class UsageError(Exception):
     pass
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        # JSON has no bytes: base64, so the output stays one valid JSON document.
-        return base64.b64encode(bytes(value)).decode("ascii")
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -56,6 +50,12 @@ def _positive_float(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a finite number greater than 0, got {text!r}")
     return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -80,7 +80,24 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("entry", metavar="ENTRY", help="entry id")
     call.add_argument("--args", default="{}", metavar="JSON", help="the arguments, a JSON object (default {})")
     call.add_argument("--timeout", type=_positive_float, default=None, metavar="S", help="call timeout in seconds")
-    for sub in (list_cmd, call):  # -v also after the subcommand
+
+    serve = commands.add_parser("serve", help="run the plugins as a long-lived HTTP service (see README, The host service)")
+    serve.add_argument("plugins_dir", type=Path, metavar="PLUGINS_DIR")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else is your explicit choice)")
+    serve.add_argument("--port", type=_port, default=8765, help="TCP port (default 8765; 0: any free port)")
+    serve.add_argument(
+        "--token-file", type=Path, default=None, metavar="PATH",
+        help="read the API token from PATH (NEKO_SUPERVISOR_TOKEN wins; default: a new random token in a 0600 file)",
+    )
+    serve.add_argument(
+        "--allow-host", action="append", default=[], metavar="NAME",
+        help="also answer requests whose Host header names NAME (repeatable; the bound address always works)",
+    )
+    serve.add_argument("--log-format", choices=("text", "json"), default="text", help="stderr log lines as text (default) or JSON")
+    serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per HTTP request")
+    serve.add_argument("--max-body-mb", type=_positive_float, default=16.0, metavar="MB", help="largest request body (default 16)")
+    serve.add_argument("--max-timeout", type=_positive_float, default=300.0, metavar="S", help="cap on a caller's ?timeout= (default 300)")
+    for sub in (list_cmd, call, serve):  # -v also after the subcommand
         sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument(
             "--sandbox", choices=("off", "on", "required"), default="off",
@@ -109,9 +126,9 @@ async def _call(ns: argparse.Namespace) -> int:
             # Answer now: stopping a hung worker can take until its kill.
             return _report(exc)
         try:
-            text = json.dumps(value, default=_json_default, ensure_ascii=False)
-        except TypeError as exc:  # a value JSON cannot print
-            print(f"neko-supervisor: error: the value cannot be printed as JSON: {exc}", file=sys.stderr)
+            text = jsonvalue.dumps(value)
+        except ValueError as exc:
+            print(f"neko-supervisor: error: {exc}", file=sys.stderr)
             return EXIT_FAILED
         print(text, flush=True)
         return 0
@@ -167,6 +184,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    if ns.command == "serve":
+        return _serve(ns)
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(ns.verbose, 2)]
     logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if not ns.verbose:
@@ -188,6 +207,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _serve(ns: argparse.Namespace) -> int:
+    # Imported here: `list` and `call` need neither aiohttp's server nor prometheus-client.
+    from supervisor.service import ServeError, ServeOptions, serve
+    from supervisor.service.logformat import configure
+
+    configure(ns.log_format, logging.DEBUG if ns.verbose else logging.INFO)
+    options = ServeOptions(
+        plugins_dir=ns.plugins_dir, host=ns.host, port=ns.port, token_file=ns.token_file, allow_hosts=tuple(ns.allow_host),
+        max_body=int(ns.max_body_mb * 1024 * 1024), max_timeout=ns.max_timeout, sandbox=_sandbox(ns), network=ns.network,
+        access_log=ns.access_log,
+    )
+    try:
+        return asyncio.run(serve(options))
+    except ServeError as exc:
+        print(f"neko-supervisor: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 def _report(exc: PluginError) -> int:

@@ -25,6 +25,8 @@ ENV_ALLOW = frozenset(
      "SSL_CERT_FILE", "SSL_CERT_DIR"}
 )
 ENV_ALLOW_PREFIXES = ("LC_",)
+# Never passed on, even when an operator allows it by name: the host service's API token.
+ENV_NEVER = frozenset({"NEKO_SUPERVISOR_TOKEN"})
 
 # The folder that holds the `protocol`, `worker` and `supervisor` packages
 # (the source checkout, or site-packages when installed).
@@ -34,7 +36,7 @@ CODE_ROOT = Path(protocol.__file__).resolve().parent.parent
 def worker_env(extra_allow: Iterable[str] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
     source = os.environ if source is None else source
     allow = ENV_ALLOW | frozenset(extra_allow)
-    env = {k: v for k, v in source.items() if k in allow or k.startswith(ENV_ALLOW_PREFIXES)}
+    env = {k: v for k, v in source.items() if (k in allow or k.startswith(ENV_ALLOW_PREFIXES)) and k not in ENV_NEVER}
     # `-P` keeps the plugin folder (the cwd) off sys.path, so the worker package
     # must be found through PYTHONPATH when the project is not installed.
     env["PYTHONPATH"] = str(CODE_ROOT)

@@ -233,6 +233,17 @@ class PluginSlot:
             if self.state is not PluginState.STOPPED and not (self.state is PluginState.FAILED and self.manifest is None):
                 self._move(PluginState.STOPPED)
 
+    async def kill(self) -> None:
+        """A forced stop: SIGKILL the worker's tree now (no shutdown hooks, no grace) and
+        end stopped. A graceful stop under way finishes as soon as the worker is dead."""
+        self._stop_requested = True
+        self._settled.set()
+        handle = self._handle
+        if handle is not None and handle.alive:
+            handle.kill("forced stop")
+            await handle.wait_dead()
+        await self.stop()
+
     async def restart(self) -> None:
         """Stop, reset the restart budget, start again (also from `failed`)."""
         await self.stop()

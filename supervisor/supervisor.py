@@ -148,6 +148,11 @@ class Supervisor:
                 slot.close()
             await self._watcher.close()
 
+    async def kill(self) -> None:
+        """Forced stop of every plugin: SIGKILL each worker's tree now, without shutdown
+        hooks. For a second Ctrl-C; a `stop()` under way then ends at once."""
+        await asyncio.gather(*(asyncio.shield(slot.kill()) for slot in self._slots.values()), return_exceptions=True)
+
     # -- one plugin -------------------------------------------------------------------
     async def call(
         self,
@@ -217,6 +222,11 @@ class Supervisor:
             raise TimeoutError(
                 f"plugin {plugin_id!r} is still {slot.state.value!r} after {timeout:g} s (waited for {wanted_text}){detail}"
             ) from None
+
+    @property
+    def started(self) -> bool:
+        """True once `start()` has discovered the plugins (their starts may still run)."""
+        return self._started
 
     @property
     def plugin_ids(self) -> list[str]:

@@ -1,0 +1,266 @@
+"""The HTTP API: routes mapped onto the `Supervisor` API, its errors onto status codes.
+
+    GET  /livez, /readyz                         no token
+    GET  /v1/plugins                             {"plugins": [...]}
+    GET  /v1/plugins/{id}                        {"plugin": {..., "entries": [...]}}
+    POST /v1/plugins/{id}/entries/{entry}        body: the arguments object; ?timeout=S
+                                                 -> {"ok": true, "value": ...}
+    POST /v1/plugins/{id}/restart|stop|start     -> {"ok": true, "plugin": {...}}
+    GET  /v1/plugins/{id}/logs?tail=N            {"plugin": id, "lines": [...]}
+    GET  /metrics                                Prometheus text (token needed too)
+
+Every route but /livez and /readyz needs `Authorization: Bearer TOKEN`; the
+guard runs before any route, so an unknown path without a token is a 401 too
+and reveals nothing. Handlers stay thin: parse, call the supervisor, answer.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from supervisor import jsonvalue
+from supervisor.errors import PluginError, PluginUnavailable, ResultNotSerializable
+from supervisor.lifecycle import PluginState
+from supervisor.manifest import ID_PATTERN
+from supervisor.service.auth import HostPolicy, Token
+from supervisor.service.errors import (
+    ServiceError,
+    classify,
+    error_response,
+    json_response,
+    plugin_error_response,
+    service_error_response,
+)
+from supervisor.service.metrics import CONTENT_TYPE, ServiceMetrics
+from supervisor.service.views import plugin_detail, plugin_summary
+from supervisor.supervisor import Supervisor
+
+PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
+DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_MAX_TIMEOUT = 300.0
+DEFAULT_LOG_TAIL = 100
+MAX_ENTRY_ID = 256
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceConfig:
+    token: Token
+    hosts: HostPolicy
+    max_body: int = DEFAULT_MAX_BODY            # bytes of a request body
+    max_timeout: float = DEFAULT_MAX_TIMEOUT    # a caller's ?timeout= is clamped to this
+
+
+@dataclass(slots=True)
+class ServiceState:
+    """Where the service is in its life; /readyz reports it."""
+
+    ready: bool = False      # discovery done and start-up settled
+    stopping: bool = False   # a signal came: no new calls or lifecycle changes
+    started_at: float = field(default_factory=time.monotonic)
+
+
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+CONFIG = web.AppKey("config", ServiceConfig)
+STATE = web.AppKey("state", ServiceState)
+METRICS = web.AppKey("metrics", ServiceMetrics)
+
+
+def create_app(sup: Supervisor, config: ServiceConfig, state: ServiceState | None = None) -> web.Application:
+    """The aiohttp application for `sup` (which the caller starts and stops)."""
+    app = web.Application(middlewares=[_answer_errors, _guard], client_max_size=config.max_body)
+    app[SUPERVISOR] = sup
+    app[CONFIG] = config
+    app[STATE] = state if state is not None else ServiceState()
+    app[METRICS] = ServiceMetrics(lambda: sup.statuses() if sup.started else [])
+    app.router.add_get("/livez", livez)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/plugins", list_plugins)
+    app.router.add_get("/v1/plugins/{plugin}", get_plugin)
+    app.router.add_post("/v1/plugins/{plugin}/entries/{entry}", call_entry)
+    app.router.add_post("/v1/plugins/{plugin}/restart", restart_plugin)
+    app.router.add_post("/v1/plugins/{plugin}/stop", stop_plugin)
+    app.router.add_post("/v1/plugins/{plugin}/start", start_plugin)
+    app.router.add_get("/v1/plugins/{plugin}/logs", plugin_logs)
+    return app
+
+
+# -- middlewares ----------------------------------------------------------------
+@web.middleware
+async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as the JSON error shape; nothing unexpected leaks a traceback."""
+    try:
+        return await handler(request)
+    except ServiceError as exc:
+        return service_error_response(exc)
+    except PluginError as exc:
+        return plugin_error_response(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        kept = {name: value for name, value in exc.headers.items() if name.lower() == "allow"}  # 405 says what is
+        return error_response(exc.status, exc.__class__.__name__.removeprefix("HTTP"), exc.reason, kept)
+    except Exception:
+        request.app.logger.exception("unexpected error answering %s %s", request.method, request.path)
+        return error_response(500, "InternalError", "the service hit an unexpected error; see its log")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    config, state = request.app[CONFIG], request.app[STATE]
+    if not config.hosts.allows(request.headers.get("Host")):
+        raise ServiceError(421, "HostNotAllowed", "this service does not answer to that Host name")
+    if request.path not in PUBLIC_PATHS:
+        if not config.token.matches(request.headers.get("Authorization")):
+            raise ServiceError(401, "Unauthorized", "missing or wrong API token", {"WWW-Authenticate": 'Bearer realm="neko-supervisor"'})
+        if not request.app[SUPERVISOR].started:
+            raise ServiceError(503, "ServiceStarting", "the service is still discovering its plugins")
+        if state.stopping and request.method == "POST":
+            raise ServiceError(503, "ServiceStopping", "the service is shutting down")
+    return await handler(request)
+
+
+# -- routes ---------------------------------------------------------------------
+async def livez(request: web.Request) -> web.Response:
+    return json_response({"live": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    if state.stopping:
+        return json_response({"ready": False, "reason": "stopping"}, 503)
+    if not state.ready:
+        return json_response({"ready": False, "reason": "starting"}, 503)
+    return json_response({"ready": True})
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE})
+
+
+async def list_plugins(request: web.Request) -> web.Response:
+    return json_response({"plugins": [plugin_summary(status) for status in request.app[SUPERVISOR].statuses()]})
+
+
+async def get_plugin(request: web.Request) -> web.Response:
+    return json_response({"plugin": plugin_detail(request.app[SUPERVISOR].status(_plugin_id(request)))})
+
+
+async def call_entry(request: web.Request) -> web.Response:
+    sup, metrics_ = request.app[SUPERVISOR], request.app[METRICS]
+    began = time.perf_counter()
+    plugin_id, entry_id = _plugin_id(request), _entry_id(request)
+    timeout = _timeout(request)
+    args = await _arguments(request)
+    outcome = "ok"
+    try:
+        value = await sup.call(plugin_id, entry_id, args, timeout=timeout)
+        try:
+            text = jsonvalue.dumps({"ok": True, "value": value})
+        except ValueError as exc:
+            raise ResultNotSerializable("ResultNotSerializable", str(exc), plugin_id=plugin_id, entry_id=entry_id) from None
+    except PluginError as exc:
+        _, outcome = classify(exc)
+        raise
+    finally:
+        if outcome != "not_found":  # only known plugins and entries become label values
+            metrics_.observe_call(plugin_id, entry_id, outcome, time.perf_counter() - began)
+    return web.Response(text=text, content_type="application/json")
+
+
+async def start_plugin(request: web.Request) -> web.Response:
+    sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
+    await sup.start_plugin(plugin_id)
+    return _after_start(sup, plugin_id)
+
+
+async def restart_plugin(request: web.Request) -> web.Response:
+    sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
+    await sup.restart(plugin_id)
+    return _after_start(sup, plugin_id)
+
+
+async def stop_plugin(request: web.Request) -> web.Response:
+    sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
+    await sup.stop_plugin(plugin_id)
+    return json_response({"ok": True, "plugin": plugin_detail(sup.status(plugin_id))})
+
+
+async def plugin_logs(request: web.Request) -> web.Response:
+    sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
+    tail = _int_query(request, "tail", DEFAULT_LOG_TAIL)
+    return json_response({"plugin": plugin_id, "lines": sup.logs(plugin_id, tail)})
+
+
+# -- request parsing ---------------------------------------------------------------
+def _after_start(sup: Supervisor, plugin_id: str) -> web.Response:
+    """A start that settled in `failed` is an error: the plugin cannot serve."""
+    status = sup.status(plugin_id)
+    if status.state is PluginState.FAILED:
+        raise PluginUnavailable(plugin_id, f"failed: {status.error}" if status.error else "failed")
+    return json_response({"ok": True, "plugin": plugin_detail(status)})
+
+
+def _plugin_id(request: web.Request) -> str:
+    plugin_id = request.match_info["plugin"]
+    if not ID_PATTERN.fullmatch(plugin_id) or len(plugin_id) > MAX_ENTRY_ID:
+        raise ServiceError(400, "InvalidId", f"not a plugin id: {plugin_id[:80]!r} (letters, digits, '_' and '-')")
+    return plugin_id
+
+
+def _entry_id(request: web.Request) -> str:
+    entry_id = request.match_info["entry"]
+    if not entry_id or len(entry_id) > MAX_ENTRY_ID or not entry_id.isprintable():
+        raise ServiceError(400, "InvalidId", f"not an entry id: {entry_id[:80]!r}")
+    return entry_id
+
+
+def _timeout(request: web.Request) -> float | None:
+    text = request.query.get("timeout")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise ServiceError(400, "InvalidArguments", f"timeout must be a number of seconds greater than 0, got {text[:40]!r}")
+    return min(value, request.app[CONFIG].max_timeout)
+
+
+def _int_query(request: web.Request, name: str, default: int) -> int:
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not text.isdigit() or len(text) > 9:
+        raise ServiceError(400, "InvalidArguments", f"{name} must be a whole number >= 0, got {text[:40]!r}")
+    return int(text)
+
+
+async def _arguments(request: web.Request) -> dict[str, Any]:
+    """The body: a JSON object of argument names to values (empty body: no arguments)."""
+    limit = request.app[CONFIG].max_body
+    if request.content_length is not None and request.content_length > limit:
+        raise ServiceError(413, "RequestTooLarge", f"the body is {request.content_length} bytes; the limit is {limit}")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise ServiceError(413, "RequestTooLarge", f"the body is over the limit of {limit} bytes") from None
+    if not body.strip():
+        return {}
+    try:
+        args = json.loads(body)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ServiceError(400, "InvalidJSON", f"the body is not valid JSON: {exc}"[:300]) from None
+    if not isinstance(args, dict):
+        raise ServiceError(400, "InvalidArguments", f"the body must be a JSON object of arguments, got {type(args).__name__}")
+    return args

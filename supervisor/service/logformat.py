@@ -1,0 +1,65 @@
+"""The service's log: one line per event on stderr, plain text or JSON lines.
+
+    2026-11-25T10:00:00.123Z INFO  [persistent] stderr: loading data.db
+    {"time": "2026-11-25T10:00:00.123Z", "level": "INFO", "plugin": "persistent", "source": "stderr", ...}
+
+A plugin's stderr, its log records and the supervisor's events about it carry
+the plugin's id (PluginLog sets `plugin` and `source` on each record). A
+multi-line message (a traceback) stays one line: newlines are escaped in plain
+text, and JSON escapes them anyway.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any, TextIO
+
+FORMATS = ("text", "json")
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = int(record.created)
+    millis = int((record.created - seconds) * 1000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+
+
+def _message(record: logging.LogRecord, formatter: logging.Formatter) -> str:
+    text = record.getMessage()
+    if record.exc_info:
+        text += "\n" + formatter.formatException(record.exc_info)
+    return text
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        plugin = getattr(record, "plugin", None)
+        where = f"[{plugin}] {getattr(record, 'source', 'log')}" if plugin else record.name
+        text = _message(record, self).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+        return f"{_timestamp(record)} {record.levelname:<5} {where}: {text}"
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {"time": _timestamp(record), "level": record.levelname, "logger": record.name}
+        plugin = getattr(record, "plugin", None)
+        if plugin:
+            line["plugin"] = plugin
+            line["source"] = getattr(record, "source", "log")
+        line["message"] = _message(record, self)
+        return json.dumps(line, ensure_ascii=False, default=str)
+
+
+def configure(log_format: str, level: int, stream: TextIO | None = None) -> None:
+    """Send every logger's records to `stream` (stderr) in `log_format`, one line each."""
+    if log_format not in FORMATS:
+        raise ValueError(f"log format must be one of {', '.join(FORMATS)}, got {log_format!r}")
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,170 @@
+"""`neko-supervisor serve`: the supervisor as a long-lived HTTP service.
+
+    bind (127.0.0.1:8765 unless told) -> print where -> start the plugins ->
+    ready -> ... -> SIGTERM or SIGINT -> refuse new calls, stop every plugin
+    (the graceful stop sequence), close the server -> exit 0
+
+A second signal forces it: every worker's tree is SIGKILLed at once and the
+exit code is 1. The listening socket is bound before any plugin starts, so a
+port in use fails in a second, and /livez answers during a slow start-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TextIO
+
+from aiohttp import web
+
+from supervisor.service.app import (
+    DEFAULT_MAX_BODY,
+    DEFAULT_MAX_TIMEOUT,
+    ServiceConfig,
+    ServiceState,
+    create_app,
+)
+from supervisor.service.auth import HostPolicy, Token, TokenError, load_token, new_token, save_token
+from supervisor.supervisor import Supervisor, default_log_dir
+
+logger = logging.getLogger("supervisor.service")
+
+EXIT_OK = 0
+EXIT_FORCED = 1
+EXIT_USAGE = 2
+HTTP_SHUTDOWN_GRACE = 5.0  # seconds for answers still being written once the plugins are stopped
+ACCESS_LOG_FORMAT = '%a "%r" %s %b %Tfs'
+
+
+class ServeError(Exception):
+    """The service cannot start (bad folder, bad token, port in use): one line for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServeOptions:
+    plugins_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 8765
+    token_file: Path | None = None
+    allow_hosts: tuple[str, ...] = ()
+    max_body: int = DEFAULT_MAX_BODY
+    max_timeout: float = DEFAULT_MAX_TIMEOUT
+    sandbox: bool | str = False
+    network: bool = True
+    access_log: bool = True
+
+
+async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
+    """Run until SIGTERM or SIGINT; returns the exit code. Raises ServeError before serving."""
+    out = out or sys.stdout
+    if not options.plugins_dir.is_dir():
+        raise ServeError(f"PLUGINS_DIR {options.plugins_dir} is not a folder")
+    try:
+        token = load_token(options.token_file) or new_token()
+    except TokenError as exc:
+        raise ServeError(str(exc)) from None
+    sup = Supervisor(options.plugins_dir, sandbox=options.sandbox, network=options.network)
+    state = ServiceState()
+    config = ServiceConfig(token, HostPolicy.for_bind(options.host, options.allow_hosts), options.max_body, options.max_timeout)
+    runner = web.AppRunner(
+        create_app(sup, config, state),
+        access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
+        access_log_format=ACCESS_LOG_FORMAT,
+        handle_signals=False,
+    )
+    await runner.setup()
+    try:
+        return await _serve(options, sup, state, runner, token, out)
+    finally:
+        await sup.stop()
+        await runner.cleanup()
+
+
+async def _serve(options: ServeOptions, sup: Supervisor, state: ServiceState, runner: web.AppRunner, token: Token, out: TextIO) -> int:
+    site = web.TCPSite(runner, options.host, options.port, shutdown_timeout=HTTP_SHUTDOWN_GRACE)
+    try:
+        await site.start()
+    except OSError as exc:
+        raise ServeError(f"cannot listen on {options.host}:{options.port}: {exc.strerror or exc}") from None
+    host, port = runner.addresses[0][:2]
+    if token.source == "generated":
+        try:
+            token = save_token(token, default_log_dir(sup.plugins_dir) / f"token-{port}")
+        except (TokenError, OSError) as exc:
+            raise ServeError(f"cannot write the API token file: {exc}") from None
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+    where = f"in {token.path}" if token.path is not None else f"from {token.source}"
+    _say(out, f"serving {sup.plugins_dir} on {url} (API token {where})")
+    logger.info("listening on %s", url)
+
+    stop = _SignalHandlers(sup, state)
+    try:
+        starting = asyncio.ensure_future(sup.start())
+        await asyncio.wait({starting, stop.requested}, return_when=asyncio.FIRST_COMPLETED)
+        if starting.done():
+            starting.result()
+            for status in sup.statuses():
+                detail = f" (pid {status.pid})" if status.pid else (f": {status.error.splitlines()[0]}" if status.error else "")
+                _say(out, f"plugin {status.id}: {status.state.value}{detail}")
+            state.ready = True
+            _say(out, "ready")
+            logger.info("ready: %d plugins", len(sup.plugin_ids))
+        await stop.requested
+        starting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await starting
+        logger.info("stopping %d plugins", len(sup.plugin_ids))
+        await sup.stop()
+        await stop.killed()
+        logger.info("all plugins stopped")
+    finally:
+        stop.remove()
+        if token.source == "generated" and token.path is not None:
+            with contextlib.suppress(OSError):
+                token.path.unlink()
+    return EXIT_FORCED if stop.forced else EXIT_OK
+
+
+class _SignalHandlers:
+    """First SIGTERM/SIGINT: graceful stop. Second: kill every worker now."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self, sup: Supervisor, state: ServiceState) -> None:
+        self._sup = sup
+        self._state = state
+        self._loop = asyncio.get_running_loop()
+        self.requested: asyncio.Future[None] = self._loop.create_future()
+        self.forced = False
+        self._killing: asyncio.Task[None] | None = None
+        for signum in self.SIGNALS:
+            self._loop.add_signal_handler(signum, self._on_signal, signum)
+
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if not self.requested.done():
+            logger.info("%s: stopping every plugin (send it again to kill them now)", name)
+            self._state.stopping = True
+            self.requested.set_result(None)
+        elif self._killing is None:
+            logger.warning("second %s: killing every worker now", name)
+            self.forced = True
+            self._killing = self._loop.create_task(self._sup.kill())
+
+    async def killed(self) -> None:
+        """Wait for a forced kill under way, if any, to end."""
+        if self._killing is not None:
+            await self._killing
+
+    def remove(self) -> None:
+        for signum in self.SIGNALS:
+            self._loop.remove_signal_handler(signum)
+
+
+def _say(out: TextIO, text: str) -> None:
+    print(f"neko-supervisor: {text}", file=out, flush=True)
