@@ -172,7 +172,9 @@ async def call_entry(request: web.Request) -> web.Response:
         _, outcome = classify(exc)
         raise
     finally:
-        if outcome != "not_found":  # only known plugins and entries become label values
+        # Only entries the plugin declared become label values: a caller must not
+        # be able to grow the series without bound (a stopped plugin, random names).
+        if outcome != "not_found" and any(entry.id == entry_id for entry in sup.status(plugin_id).entries):
             metrics_.observe_call(plugin_id, entry_id, outcome, time.perf_counter() - began)
     return web.Response(text=text, content_type="application/json")
 

@@ -321,6 +321,12 @@ async def test_metrics_count_calls_by_outcome_and_report_each_plugin(make_servic
     assert _sample(text, "neko_plugin_state", plugin="broken", state="running") == 0
     rss = _sample(text, "neko_worker_memory_rss_bytes", plugin="echo")
     assert rss is None or rss > 1_000_000  # present once the watcher has looked
+    await service.post("/v1/plugins/echo/stop")
+    await service.call("echo", "made_up_while_stopped")  # 503, and still no new series
+    await service.call("off", "never_declared")
+    async with service.client.get("/metrics", headers=AUTH) as response:
+        text = await response.text()
+    assert "made_up_while_stopped" not in text and "never_declared" not in text
 
 
 # -- auth and hosts ------------------------------------------------------------------------
