@@ -20,6 +20,19 @@ DEFAULT_MAX_LINE = 8192
 DEFAULT_MAX_FILE_BYTES = 10 * 1024 * 1024
 
 
+def make_folders(folder: Path, mode: int = 0o700) -> None:
+    """`mkdir -p` that gives every level it creates `mode`: Path.mkdir(parents=True)
+    leaves the parents to the umask, and under a shared /tmp a umask of 002 would
+    make them group-writable. Folders that exist are left as they are."""
+    missing = []
+    while not folder.exists():
+        missing.append(folder)
+        folder = folder.parent
+    for each in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process
+            each.mkdir(mode)
+
+
 class PluginLog:
     def __init__(
         self,
@@ -122,7 +135,7 @@ class PluginLog:
     def _write_file_or_raise(self, data: bytes) -> None:
         assert self.path is not None
         if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            make_folders(self.path.parent)
             self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the log
             self._file_size = self._file.tell()
         if self._file_size + len(data) > self.max_file_bytes:

@@ -20,6 +20,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
+from supervisor.logs import make_folders
+
 logger = logging.getLogger("supervisor.service")
 
 TOKEN_VARIABLE = "NEKO_SUPERVISOR_TOKEN"
@@ -47,7 +49,8 @@ class Token:
             return False
         try:
             # aiohttp decodes headers with surrogateescape: this gives back the bytes sent.
-            candidate = presented.strip().encode("utf-8", "surrogateescape")
+            # Only HTTP's own whitespace: str.strip() would also drop a no-break space.
+            candidate = presented.strip(" \t").encode("utf-8", "surrogateescape")
         except UnicodeEncodeError:
             return False
         return hmac.compare_digest(candidate, self.value)
@@ -97,10 +100,11 @@ def save_token(token: Token, path: Path) -> Token:
 
 
 def private_folder(folder: Path) -> None:
-    """Create `folder` and make it 0700, after checking that it and its parent are
-    ours and that no one else can write to them: under a shared /tmp anyone could
-    have made either first, and whoever owns a folder can swap the files in it."""
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    """Create `folder` (and a missing parent) 0700, or check that the existing ones are
+    real folders of ours that no one else can write to: under a shared /tmp anyone
+    could have made either first, and whoever can write to a folder can swap the
+    files in it. Then `folder` itself is closed to others (0700)."""
+    make_folders(folder)
     for each in (folder.parent, folder):
         info = each.lstat()
         if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o022:
@@ -121,8 +125,8 @@ class HostPolicy:
     @classmethod
     def for_bind(cls, host: str, extra: tuple[str, ...] = ()) -> HostPolicy:
         names = {host.lower().strip("[]")} | {name.lower() for name in extra}
-        if names & LOOPBACK_NAMES or _is_loopback(host):
-            names |= LOOPBACK_NAMES
+        if names & LOOPBACK_NAMES or _is_loopback(host) or host in WILDCARD_ADDRESSES:
+            names |= LOOPBACK_NAMES  # a wildcard bind listens on loopback too
         return cls(frozenset(names), host in WILDCARD_ADDRESSES)
 
     def allows(self, header: str | None) -> bool:

@@ -30,6 +30,8 @@ def _message(record: logging.LogRecord, formatter: logging.Formatter) -> str:
     text = record.getMessage()
     if record.exc_info:
         text += "\n" + formatter.formatException(record.exc_info)
+    if record.stack_info:
+        text += "\n" + formatter.formatStack(record.stack_info)
     return text
 
 
