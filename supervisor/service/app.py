@@ -161,15 +161,19 @@ async def call_entry(request: web.Request) -> web.Response:
     plugin_id, entry_id = _plugin_id(request), _entry_id(request)
     timeout = _timeout(request)
     args = await _arguments(request)
-    outcome = "ok"
+    outcome = "cancelled"  # unless it ends otherwise: the client hung up, or the server is closing
     try:
         value = await sup.call(plugin_id, entry_id, args, timeout=timeout)
         try:
             text = jsonvalue.dumps({"ok": True, "value": value})
         except ValueError as exc:
             raise ResultNotSerializable("ResultNotSerializable", str(exc), plugin_id=plugin_id, entry_id=entry_id) from None
+        outcome = "ok"
     except PluginError as exc:
         _, outcome = classify(exc)
+        raise
+    except Exception:
+        outcome = "error"
         raise
     finally:
         # Only entries the plugin declared become label values: a caller must not

@@ -2,7 +2,8 @@
 
 Per call (counted where the API makes it):
     neko_calls_total{plugin, entry, outcome}      outcome: ok, entry_failed, timeout, crashed,
-                                                  unavailable, overloaded, invalid_arguments
+                                                  unavailable, overloaded, invalid_arguments,
+                                                  cancelled (the client hung up), error (a bug)
     neko_call_duration_seconds{plugin, entry}     histogram
 Read from `Supervisor.statuses()` at each scrape, so they are never stale:
     neko_plugin_state{plugin, state}              1 for the plugin's current state, 0 for the others

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
@@ -80,7 +81,7 @@ async def make_service(tmp_path: Path, aiohttp_client: AiohttpClient) -> AsyncIt
     (one call at a time, no queue), `off` (disabled) and `broken` (bad plugin.toml)."""
     supervisors: list[Supervisor] = []
 
-    async def make(*fault_plugins: str, start: bool = True) -> Service:
+    async def make(*fault_plugins: str, start: bool = True, **server_kwargs: Any) -> Service:
         plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", list(fault_plugins))
         make_plugin(plugins, "raiser", {"__init__.py": RAISER}, entry="raiser:Raiser")
         make_plugin(plugins, "narrow", {"__init__.py": RAISER}, entry="narrow:Raiser", max_concurrency=1, max_queue=0, shutdown_timeout=0.5)
@@ -94,7 +95,7 @@ async def make_service(tmp_path: Path, aiohttp_client: AiohttpClient) -> AsyncIt
         state = ServiceState(ready=start)
         config = ServiceConfig(Token(TOKEN.encode(), "test"), HostPolicy.for_bind("127.0.0.1"), MAX_BODY, MAX_TIMEOUT)
         app = create_app(sup, config, state)
-        return Service(await aiohttp_client(app), sup, state, app, plugins)
+        return Service(await aiohttp_client(app, server_kwargs=server_kwargs), sup, state, app, plugins)
 
     yield make
     for sup in supervisors:
@@ -327,6 +328,17 @@ async def test_metrics_count_calls_by_outcome_and_report_each_plugin(make_servic
     async with service.client.get("/metrics", headers=AUTH) as response:
         text = await response.text()
     assert "made_up_while_stopped" not in text and "never_declared" not in text
+
+
+async def test_a_call_whose_client_hung_up_is_counted_as_cancelled(make_service: Callable[..., Awaitable[Service]]) -> None:
+    service = await make_service("echo", handler_cancellation=True)  # as an embedder may run it
+    with pytest.raises(TimeoutError):
+        await service.client.post("/v1/plugins/echo/entries/asleep", json={"seconds": 30}, headers=AUTH, timeout=aiohttp.ClientTimeout(total=0.3))
+    await wait_for(lambda: service.sup.status("echo").failures == 1 and service.sup.status("echo").in_flight == 0)
+    async with service.client.get("/metrics", headers=AUTH) as response:
+        text = await response.text()
+    assert _sample(text, "neko_calls_total", plugin="echo", entry="asleep", outcome="cancelled") == 1
+    assert _sample(text, "neko_calls_total", plugin="echo", entry="asleep", outcome="ok") is None
 
 
 # -- auth and hosts ------------------------------------------------------------------------
