@@ -408,14 +408,14 @@ class WorkerHandle:
         self._send(Shutdown(shutdown_timeout / 2))
         if await self._wait_dead_for(shutdown_timeout):
             return await self.wait_dead()
-        self.log.event(f"worker {self.pid} did not exit within {shutdown_timeout:g} s of shutdown; sending SIGTERM")
+        self.log.event(f"worker {self.pid} did not exit within {shutdown_timeout:g} s of shutdown; sending SIGTERM", logging.WARNING)
         # SIGTERM ends the worker without its own cleanup of its children: look at
         # the tree now, so _kill_remains finds them after it dies.
         await self._look_at_tree()
         self._signal(signal.SIGTERM)
         if await self._wait_dead_for(SIGTERM_GRACE):
             return await self.wait_dead()
-        self.log.event(f"worker {self.pid} ignored SIGTERM for {SIGTERM_GRACE:g} s; sending SIGKILL")
+        self.log.event(f"worker {self.pid} ignored SIGTERM for {SIGTERM_GRACE:g} s; sending SIGKILL", logging.WARNING)
         return await self._kill_and_wait("stopped (killed after SIGTERM)")
 
     def kill(self, reason: str) -> None:
@@ -427,7 +427,7 @@ class WorkerHandle:
         if self._exited or self._proc is None:
             return
         self._death_reason = self._death_reason or reason
-        self.log.event(f"killing worker {self.pid}: {reason}")
+        self.log.event(f"killing worker {self.pid}: {reason}", logging.WARNING)
         self._signal(signal.SIGSTOP)  # the group stops now; the walk of the rest reads /proc, off the loop
         if self._killer is None:
             self._killer = self._loop.create_task(self._kill_tree())
@@ -623,7 +623,8 @@ class WorkerHandle:
                 # What a delay still holds had left the worker: a pipe would hand it over now.
                 self._tap.flush_incoming()
             self.log.end_stderr()
-            self.log.event(self.exit.describe())
+            # A worker that ended as asked is news; one that died is a warning.
+            self.log.event(self.exit.describe(), logging.INFO if was_stopping or self.exit.reason == "exited" else logging.WARNING)
             if self._on_death is not None:
                 # Before the callers hear of it, so the slot's status is already current.
                 try:

@@ -290,7 +290,7 @@ class PluginSlot:
             except StartFailed as exc:
                 self.last_exit = exc.exit
                 self.error = exc.message + (f"\n{exc.traceback}" if exc.traceback else "")
-                self.log.event(f"start failed: {exc.message}")
+                self.log.event(f"start failed: {exc.message}", logging.WARNING)
                 self._settled.set()
                 if self._stop_requested:
                     return
@@ -345,7 +345,7 @@ class PluginSlot:
 
     def _give_up(self, reason: str) -> None:
         self.error = reason if not self.error else f"{reason}: {self.error}"
-        self.log.event(f"plugin failed: {reason}")
+        self.log.event(f"plugin failed: {reason}", logging.ERROR)
         self._move(PluginState.FAILED)
 
     async def wait_for_state(self, states: frozenset[PluginState]) -> PluginState:

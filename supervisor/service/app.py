@@ -186,13 +186,13 @@ async def call_entry(request: web.Request) -> web.Response:
 async def start_plugin(request: web.Request) -> web.Response:
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
     await sup.start_plugin(plugin_id)
-    return _after_start(sup, plugin_id)
+    return await _after_start(request, plugin_id)
 
 
 async def restart_plugin(request: web.Request) -> web.Response:
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
     await sup.restart(plugin_id)
-    return _after_start(sup, plugin_id)
+    return await _after_start(request, plugin_id)
 
 
 async def stop_plugin(request: web.Request) -> web.Response:
@@ -208,11 +208,19 @@ async def plugin_logs(request: web.Request) -> web.Response:
 
 
 # -- request parsing ---------------------------------------------------------------
-def _after_start(sup: Supervisor, plugin_id: str) -> web.Response:
-    """A start that settled in `failed` is an error: the plugin cannot serve."""
+async def _after_start(request: web.Request, plugin_id: str) -> web.Response:
+    """Answer once the start has come to an end: running (200), or failed or stopped
+    (503). A first start that failed is retried under the restart policy: wait for
+    that too, rather than say ok for a plugin in backoff."""
+    sup, limit = request.app[SUPERVISOR], request.app[CONFIG].max_timeout
+    try:
+        state = await sup.wait_for_state(plugin_id, "running", "failed", "stopped", timeout=limit)
+    except TimeoutError as exc:
+        raise PluginUnavailable(plugin_id, str(exc)) from None
     status = sup.status(plugin_id)
-    if status.state is PluginState.FAILED:
-        raise PluginUnavailable(plugin_id, f"failed: {status.error}" if status.error else "failed")
+    if state is not PluginState.RUNNING:
+        detail = f"{state.value}: {status.error}" if status.error else state.value
+        raise PluginUnavailable(plugin_id, detail)
     return json_response({"ok": True, "plugin": plugin_detail(status)})
 
 

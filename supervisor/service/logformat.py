@@ -5,8 +5,8 @@
 
 A plugin's stderr, its log records and the supervisor's events about it carry
 the plugin's id (PluginLog sets `plugin` and `source` on each record). A
-multi-line message (a traceback) stays one line: newlines are escaped in plain
-text, and JSON escapes them anyway.
+multi-line message (a traceback) stays one line: newlines and other control
+characters are escaped in plain text, and JSON escapes them anyway.
 """
 
 from __future__ import annotations
@@ -35,11 +35,17 @@ def _message(record: logging.LogRecord, formatter: logging.Formatter) -> str:
     return text
 
 
+# A plugin's output reaches the operator's terminal: control characters (newlines,
+# terminal escape sequences, NULs) are written as escapes, never as themselves.
+_ESCAPES = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F, *range(0x80, 0xA0)] if code != 0x09}
+_ESCAPES |= {ord("\n"): "\\n", ord("\r"): "\\r", ord("\\"): "\\\\"}
+
+
 class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         plugin = getattr(record, "plugin", None)
         where = f"[{plugin}] {getattr(record, 'source', 'log')}" if plugin else record.name
-        text = _message(record, self).replace("\\", "\\\\").replace("\r", "\\r").replace("\n", "\\n")
+        text = _message(record, self).translate(_ESCAPES)
         return f"{_timestamp(record)} {record.levelname:<5} {where}: {text}"
 
 

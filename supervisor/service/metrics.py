@@ -66,7 +66,7 @@ class _PluginCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         statuses = self._statuses()
         state = GaugeMetricFamily("neko_plugin_state", "1 for the plugin's current state.", labels=("plugin", "state"))
-        restarts = CounterMetricFamily("neko_plugin_restarts", "Worker restarts since the service started.", labels=("plugin",))
+        restarts = CounterMetricFamily("neko_plugin_restarts", "Automatic worker restarts (after a crash or a failed start) since the service started.", labels=("plugin",))
         memory = GaugeMetricFamily("neko_worker_memory_rss_bytes", "Resident memory of the worker's process tree.", labels=("plugin",))
         cpu = CounterMetricFamily("neko_worker_cpu_seconds", "CPU time of the current worker's process tree.", labels=("plugin",))
         processes = GaugeMetricFamily("neko_worker_processes", "Processes in the worker's tree.", labels=("plugin",))

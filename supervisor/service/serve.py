@@ -111,6 +111,9 @@ async def _serve(options: ServeOptions, sup: Supervisor, state: ServiceState, ru
             for status in sup.statuses():
                 detail = f" (pid {status.pid})" if status.pid else (f": {status.error.splitlines()[0]}" if status.error else "")
                 _say(out, f"plugin {status.id}: {status.state.value}{detail}")
+            if not sup.plugin_ids:
+                _say(out, f"warning: no plugins in {sup.plugins_dir} (each plugin is a folder with a plugin.toml)")
+                logger.warning("no plugins in %s", sup.plugins_dir)
             state.ready = True
             _say(out, "ready")
             logger.info("ready: %d plugins", len(sup.plugin_ids))

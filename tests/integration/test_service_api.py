@@ -78,7 +78,8 @@ class Service:
 @pytest.fixture
 async def make_service(tmp_path: Path, aiohttp_client: AiohttpClient) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
     """`await make_service("echo", ...)`: those fault plugins plus `raiser` (raises), `narrow`
-    (one call at a time, no queue), `off` (disabled) and `broken` (bad plugin.toml)."""
+    (one call at a time, no queue), `off` (disabled), `unimportable` (not started: its
+    import raises) and `broken` (bad plugin.toml)."""
     supervisors: list[Supervisor] = []
 
     async def make(*fault_plugins: str, start: bool = True, **server_kwargs: Any) -> Service:
@@ -86,6 +87,7 @@ async def make_service(tmp_path: Path, aiohttp_client: AiohttpClient) -> AsyncIt
         make_plugin(plugins, "raiser", {"__init__.py": RAISER}, entry="raiser:Raiser")
         make_plugin(plugins, "narrow", {"__init__.py": RAISER}, entry="narrow:Raiser", max_concurrency=1, max_queue=0, shutdown_timeout=0.5)
         make_plugin(plugins, "off", {"__init__.py": RAISER}, entry="off:Raiser", enabled=False)
+        make_plugin(plugins, "unimportable", {"__init__.py": "raise RuntimeError('cannot import me')\n"}, entry="unimportable:X", auto_start=False, max_restarts=1)
         (plugins / "broken").mkdir()
         (plugins / "broken" / "plugin.toml").write_text('[plugin]\nid = "broken"\nentry = 42\n')
         sup = Supervisor(plugins, log_dir=False)
@@ -121,7 +123,7 @@ async def test_list_plugins_reports_every_plugin(make_service: Callable[..., Awa
     status, body = await service.get("/v1/plugins")
     assert status == 200
     rows = {row["id"]: row for row in body["plugins"]}
-    assert set(rows) == {"echo", "raiser", "narrow", "off", "broken"}
+    assert set(rows) == {"echo", "raiser", "narrow", "off", "broken", "unimportable"}
     echo = rows["echo"]
     assert echo["state"] == "running" and echo["pid"] == service.sup.status("echo").pid
     assert echo["restarts"] == 0 and echo["last_exit"] is None and echo["uptime"] >= 0
@@ -268,6 +270,11 @@ async def test_starting_a_plugin_that_cannot_start_is_503(make_service: Callable
         status, body = await service.post(f"/v1/plugins/broken/{action}")
         assert (status, body["error"]["type"]) == (503, "PluginUnavailable"), action
         assert "plugin.entry" in body["error"]["message"]
+    # A first start that fails is retried under the restart policy: the answer waits for the end.
+    status, body = await service.post("/v1/plugins/unimportable/start")
+    assert (status, body["error"]["type"]) == (503, "PluginUnavailable")
+    assert "failed" in body["error"]["message"] and "cannot import me" in body["error"]["message"]
+    assert service.sup.status("unimportable").restarts == 1
     status, body = await service.post("/v1/plugins/off/start")
     assert status == 503 and "disabled" in body["error"]["message"]
     status, body = await service.post("/v1/plugins/nope/stop")

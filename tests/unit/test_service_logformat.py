@@ -72,6 +72,13 @@ def test_text_escapes_newlines_and_backslashes() -> None:
     assert line == f"{STAMP} INFO  supervisor.service: first\\nsecond\\r\\nthird C:\\\\new"
 
 
+def test_text_escapes_terminal_control_characters_from_a_plugin() -> None:
+    """A plugin's stderr must not move the operator's cursor, recolour or clear the screen."""
+    line = TextFormatter().format(make_record("\x1b[2J\x1b[31mred\x00\x07\x7f\x9b\tü", plugin="p", source="stderr"))
+    assert line == f"{STAMP} INFO  [p] stderr: \\x1b[2J\\x1b[31mred\\x00\\x07\\x7f\\x9b\tü"
+    assert all(ch == "\t" or ch.isprintable() for ch in line)
+
+
 def test_text_keeps_an_exception_on_the_same_line() -> None:
     line = TextFormatter().format(make_record("call failed", level=logging.ERROR, exc=raised("boom\nagain")))
     assert "\n" not in line and "\r" not in line
