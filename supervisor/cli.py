@@ -225,6 +225,8 @@ def _serve(ns: argparse.Namespace) -> int:
     except ServeError as exc:
         print(f"neko-supervisor: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # Ctrl-C in the instant before the service's own handlers are in place
+        return 130
 
 
 def _report(exc: PluginError) -> int:

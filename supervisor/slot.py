@@ -111,6 +111,7 @@ class PluginSlot:
         self._changed = asyncio.Event()
         self._settled = asyncio.Event()
         self._stop_requested = False
+        self.closing = False  # the supervisor is stopping for good: no start from now on
         self._queued = 0
         self._backoff = Backoff()
         self._apply_runtime()
@@ -179,6 +180,8 @@ class PluginSlot:
         await settled.wait()
 
     def _begin_start(self) -> asyncio.Event:
+        if self.closing:
+            raise PluginUnavailable(self.id, "the supervisor is stopping")
         if self._runner is not None and not self._runner.done():
             return self._settled
         if self.manifest is None:

@@ -140,7 +140,12 @@ class Supervisor:
             raise
 
     async def stop(self) -> None:
-        """Stop every plugin concurrently (shutdown hooks, then SIGTERM, then SIGKILL)."""
+        """Stop every plugin concurrently (shutdown hooks, then SIGTERM, then SIGKILL).
+
+        From its first instant no plugin starts again: a `restart()` whose stop this
+        one joins ends with `PluginUnavailable` instead of starting a new worker."""
+        for slot in self._slots.values():
+            slot.closing = True
         try:
             await asyncio.gather(*(asyncio.shield(slot.stop()) for slot in self._slots.values()), return_exceptions=True)
         finally:

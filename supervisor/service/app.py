@@ -16,8 +16,10 @@ and reveals nothing. Handlers stay thin: parse, call the supervisor, answer.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -47,6 +49,7 @@ DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_TIMEOUT = 300.0
 DEFAULT_LOG_TAIL = 100
 MAX_ENTRY_ID = 256
+DECIMAL = re.compile(r"[0-9]+(\.[0-9]*)?|\.[0-9]+")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -76,7 +79,9 @@ METRICS = web.AppKey("metrics", ServiceMetrics)
 
 def create_app(sup: Supervisor, config: ServiceConfig, state: ServiceState | None = None) -> web.Application:
     """The aiohttp application for `sup` (which the caller starts and stops)."""
-    app = web.Application(middlewares=[_answer_errors, _guard], client_max_size=config.max_body)
+    # aiohttp refuses a body of client_max_size bytes or more; ours may be max_body.
+    app = web.Application(middlewares=[_answer_errors, _guard], client_max_size=config.max_body + 1)
+    app.on_response_prepare.append(_no_server_header)
     app[SUPERVISOR] = sup
     app[CONFIG] = config
     app[STATE] = state if state is not None else ServiceState()
@@ -104,6 +109,10 @@ async def _answer_errors(request: web.Request, handler: Handler) -> web.StreamRe
         return service_error_response(exc)
     except PluginError as exc:
         return plugin_error_response(exc)
+    except ConnectionResetError:
+        # The client went away (mid-body, say): nobody will read an answer, and it is no bug of ours.
+        request.app.logger.info("client left before %s %s was answered", request.method, request.path)
+        return error_response(400, "ClientGone", "the connection was lost")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -183,21 +192,23 @@ async def call_entry(request: web.Request) -> web.Response:
     return web.Response(text=text, content_type="application/json")
 
 
+# Lifecycle changes are shielded: a client that hangs up mid-restart must not leave
+# the plugin stopped (handlers are cancelled when their client goes away).
 async def start_plugin(request: web.Request) -> web.Response:
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
-    await sup.start_plugin(plugin_id)
+    await asyncio.shield(sup.start_plugin(plugin_id))
     return await _after_start(request, plugin_id)
 
 
 async def restart_plugin(request: web.Request) -> web.Response:
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
-    await sup.restart(plugin_id)
+    await asyncio.shield(sup.restart(plugin_id))
     return await _after_start(request, plugin_id)
 
 
 async def stop_plugin(request: web.Request) -> web.Response:
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
-    await sup.stop_plugin(plugin_id)
+    await asyncio.shield(sup.stop_plugin(plugin_id))
     return json_response({"ok": True, "plugin": plugin_detail(sup.status(plugin_id))})
 
 
@@ -242,10 +253,8 @@ def _timeout(request: web.Request) -> float | None:
     text = request.query.get("timeout")
     if text is None:
         return None
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    # Plain decimal ASCII only: float() would also take "1_0", "inf" and non-ASCII digits.
+    value = float(text) if DECIMAL.fullmatch(text) else math.nan
     if not (math.isfinite(value) and value > 0):
         raise ServiceError(400, "InvalidArguments", f"timeout must be a number of seconds greater than 0, got {text[:40]!r}")
     return min(value, request.app[CONFIG].max_timeout)
@@ -255,7 +264,7 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not text.isdigit() or len(text) > 9:
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:  # isdigit() alone takes "²"
         raise ServiceError(400, "InvalidArguments", f"{name} must be a whole number >= 0, got {text[:40]!r}")
     return int(text)
 
@@ -272,9 +281,25 @@ async def _arguments(request: web.Request) -> dict[str, Any]:
     if not body.strip():
         return {}
     try:
-        args = json.loads(body)
+        args = json.loads(body, parse_constant=_no_constant, parse_float=_finite_float)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ServiceError(400, "InvalidJSON", f"the body is not valid JSON: {exc}"[:300]) from None
     if not isinstance(args, dict):
         raise ServiceError(400, "InvalidArguments", f"the body must be a JSON object of arguments, got {type(args).__name__}")
     return args
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is too large a number")
+    return value
+
+
+async def _no_server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Which aiohttp and Python answer is nobody's business before the token.
+    response.headers.pop("Server", None)

@@ -17,6 +17,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 FORMATS = ("text", "json")
 
 
@@ -60,6 +62,21 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False, default=str)
 
 
+class MalformedRequests(logging.Filter):
+    """aiohttp logs a request it cannot parse as an ERROR with a traceback that quotes
+    the raw bytes, an Authorization header included. Anyone who can connect can send
+    one: it is a one-line WARNING here, naming the client and the kind of error only."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg, record.args = "malformed HTTP request from %s: %s (answered %s)", (remote, type(exc).__name__, exc.code)
+            record.exc_info, record.exc_text = None, None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
 def configure(log_format: str, level: int, stream: TextIO | None = None) -> None:
     """Send every logger's records to `stream` (stderr) in `log_format`, one line each."""
     if log_format not in FORMATS:
@@ -71,3 +88,6 @@ def configure(log_format: str, level: int, stream: TextIO | None = None) -> None
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(each, MalformedRequests) for each in server_log.filters):
+        server_log.addFilter(MalformedRequests())

@@ -1,10 +1,10 @@
 """`neko-supervisor serve`: the supervisor as a long-lived HTTP service.
 
     bind (127.0.0.1:8765 unless told) -> print where -> start the plugins ->
-    ready -> ... -> SIGTERM or SIGINT -> refuse new calls, stop every plugin
+    ready -> ... -> SIGTERM, SIGINT or SIGHUP -> refuse new calls, stop every plugin
     (the graceful stop sequence), close the server -> exit 0
 
-A second signal forces it: every worker's tree is SIGKILLed at once and the
+SIGHUP (the terminal closed) counts as SIGTERM. A second signal forces it: every worker's tree is SIGKILLed at once and the
 exit code is 1. The listening socket is bound before any plugin starts, so a
 port in use fails in a second, and /livez answers during a slow start-up.
 """
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 import sys
 from dataclasses import dataclass
@@ -29,7 +30,15 @@ from supervisor.service.app import (
     ServiceState,
     create_app,
 )
-from supervisor.service.auth import HostPolicy, Token, TokenError, load_token, new_token, save_token
+from supervisor.service.auth import (
+    LOOPBACK_NAMES,
+    HostPolicy,
+    Token,
+    TokenError,
+    load_token,
+    new_token,
+    save_token,
+)
 from supervisor.supervisor import Supervisor, default_log_dir
 
 logger = logging.getLogger("supervisor.service")
@@ -60,7 +69,7 @@ class ServeOptions:
 
 
 async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
-    """Run until SIGTERM or SIGINT; returns the exit code. Raises ServeError before serving."""
+    """Run until SIGTERM, SIGINT or SIGHUP; returns the exit code. Raises ServeError before serving."""
     out = out or sys.stdout
     if not options.plugins_dir.is_dir():
         raise ServeError(f"PLUGINS_DIR {options.plugins_dir} is not a folder")
@@ -68,6 +77,7 @@ async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
         token = load_token(options.token_file) or new_token()
     except TokenError as exc:
         raise ServeError(str(exc)) from None
+    raise_open_files_limit()
     sup = Supervisor(options.plugins_dir, sandbox=options.sandbox, network=options.network)
     state = ServiceState()
     config = ServiceConfig(token, HostPolicy.for_bind(options.host, options.allow_hosts), options.max_body, options.max_timeout)
@@ -76,16 +86,27 @@ async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
         access_log=logging.getLogger("aiohttp.access") if options.access_log else None,
         access_log_format=ACCESS_LOG_FORMAT,
         handle_signals=False,
+        # A client that hangs up cancels its call (the worker is asked to stop it),
+        # so callers that give up and retry cannot fill a plugin's places.
+        handler_cancellation=True,
     )
-    await runner.setup()
+    # From the first instant to the last: a signal at any point is a clean stop,
+    # never a KeyboardInterrupt traceback or a token file left behind.
+    stop = _SignalHandlers(sup, state)
     try:
-        return await _serve(options, sup, state, runner, token, out)
+        await runner.setup()
+        try:
+            return await _serve(options, sup, state, runner, token, stop, out)
+        finally:
+            await sup.stop()
+            await runner.cleanup()
     finally:
-        await sup.stop()
-        await runner.cleanup()
+        stop.remove()
 
 
-async def _serve(options: ServeOptions, sup: Supervisor, state: ServiceState, runner: web.AppRunner, token: Token, out: TextIO) -> int:
+async def _serve(
+    options: ServeOptions, sup: Supervisor, state: ServiceState, runner: web.AppRunner, token: Token, stop: _SignalHandlers, out: TextIO
+) -> int:
     site = web.TCPSite(runner, options.host, options.port, shutdown_timeout=HTTP_SHUTDOWN_GRACE)
     try:
         await site.start()
@@ -97,46 +118,59 @@ async def _serve(options: ServeOptions, sup: Supervisor, state: ServiceState, ru
             token = save_token(token, default_log_dir(sup.plugins_dir) / f"token-{port}")
         except (TokenError, OSError) as exc:
             raise ServeError(f"cannot write the API token file: {exc}") from None
-    url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
-    where = f"in {token.path}" if token.path is not None else f"from {token.source}"
-    _say(out, f"serving {sup.plugins_dir} on {url} (API token {where})")
-    logger.info("listening on %s", url)
-
-    stop = _SignalHandlers(sup, state)
     try:
-        starting = asyncio.ensure_future(sup.start())
-        await asyncio.wait({starting, stop.requested}, return_when=asyncio.FIRST_COMPLETED)
-        if starting.done():
-            starting.result()
-            for status in sup.statuses():
-                detail = f" (pid {status.pid})" if status.pid else (f": {status.error.splitlines()[0]}" if status.error else "")
-                _say(out, f"plugin {status.id}: {status.state.value}{detail}")
-            if not sup.plugin_ids:
-                _say(out, f"warning: no plugins in {sup.plugins_dir} (each plugin is a folder with a plugin.toml)")
-                logger.warning("no plugins in %s", sup.plugins_dir)
-            state.ready = True
-            _say(out, "ready")
-            logger.info("ready: %d plugins", len(sup.plugin_ids))
-        await stop.requested
-        starting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await starting
-        logger.info("stopping %d plugins", len(sup.plugin_ids))
-        await sup.stop()
-        await stop.killed()
-        logger.info("all plugins stopped")
+        url = f"http://{f'[{host}]' if ':' in host else host}:{port}"
+        where = f"in {token.path}" if token.path is not None else f"from {token.source}"
+        _say(out, f"serving {sup.plugins_dir} on {url} (API token {where})")
+        logger.info("listening on %s", url)
+        if not HostPolicy.for_bind(options.host).names & LOOPBACK_NAMES:
+            logger.warning("listening beyond this machine over plain HTTP: the token crosses the network unencrypted")
+        await _run_until_signal(sup, state, stop, out)
     finally:
-        stop.remove()
         if token.source == "generated" and token.path is not None:
             with contextlib.suppress(OSError):
                 token.path.unlink()
     return EXIT_FORCED if stop.forced else EXIT_OK
 
 
-class _SignalHandlers:
-    """First SIGTERM/SIGINT: graceful stop. Second: kill every worker now."""
+async def _run_until_signal(sup: Supervisor, state: ServiceState, stop: _SignalHandlers, out: TextIO) -> None:
+    starting = asyncio.ensure_future(sup.start())
+    await asyncio.wait({starting, stop.requested}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done():
+        starting.result()
+        for status in sup.statuses():
+            detail = f" (pid {status.pid})" if status.pid else (f": {status.error.splitlines()[0]}" if status.error else "")
+            _say(out, f"plugin {status.id}: {status.state.value}{detail}")
+        if not sup.plugin_ids:
+            _say(out, f"warning: no plugins in {sup.plugins_dir} (each plugin is a folder with a plugin.toml)")
+            logger.warning("no plugins in %s", sup.plugins_dir)
+        state.ready = True
+        _say(out, "ready")
+        logger.info("ready: %d plugins", len(sup.plugin_ids))
+    await stop.requested
+    logger.info("stopping %d plugins", len(sup.plugin_ids))
+    starting.cancel()  # a start-up under way stops its plugins itself
+    with contextlib.suppress(asyncio.CancelledError):
+        await starting
+    await sup.stop()
+    await stop.killed()
+    logger.info("all plugins stopped")
 
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+def raise_open_files_limit() -> None:
+    """Every connection is a descriptor: take all the kernel allows this process
+    (the soft limit up to the hard one), so idle connections cannot starve the
+    plugins' pipes and the resource watcher as soon as the usual 1024."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else max(soft, 65536), hard))
+
+
+class _SignalHandlers:
+    """First SIGTERM, SIGINT or SIGHUP: graceful stop. A second: kill every worker now."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)  # SIGHUP: the terminal closed
 
     def __init__(self, sup: Supervisor, state: ServiceState) -> None:
         self._sup = sup

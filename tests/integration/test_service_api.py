@@ -15,7 +15,7 @@ import pytest
 from aiohttp.test_utils import TestClient
 from aiohttp.web import Application
 
-from supervisor import Supervisor
+from supervisor import PluginUnavailable, Supervisor
 from supervisor.service import HostPolicy, ServiceConfig, ServiceState, Token, create_app
 from supervisor.service.app import PUBLIC_PATHS
 from tests.conftest import FAULT_PLUGINS, copy_plugins
@@ -108,6 +108,8 @@ async def make_service(tmp_path: Path, aiohttp_client: AiohttpClient) -> AsyncIt
 async def test_livez_and_readyz_need_no_token_and_follow_the_service_state(make_service: Callable[..., Awaitable[Service]]) -> None:
     service = await make_service("echo", start=False)
     assert await service.get("/livez", headers=None) == (200, {"live": True})
+    async with service.client.get("/livez") as response:
+        assert "Server" not in response.headers  # no software versions before the token
     assert await service.get("/readyz", headers=None) == (503, {"ready": False, "reason": "starting"})
     status, body = await service.get("/v1/plugins")
     assert (status, body["error"]["type"]) == (503, "ServiceStarting")
@@ -120,6 +122,7 @@ async def test_livez_and_readyz_need_no_token_and_follow_the_service_state(make_
 
 async def test_list_plugins_reports_every_plugin(make_service: Callable[..., Awaitable[Service]]) -> None:
     service = await make_service("echo")
+    await wait_for(lambda: service.sup.status("echo").memory_rss is not None)  # the watcher's first look
     status, body = await service.get("/v1/plugins")
     assert status == 200
     rows = {row["id"]: row for row in body["plugins"]}
@@ -127,7 +130,7 @@ async def test_list_plugins_reports_every_plugin(make_service: Callable[..., Awa
     echo = rows["echo"]
     assert echo["state"] == "running" and echo["pid"] == service.sup.status("echo").pid
     assert echo["restarts"] == 0 and echo["last_exit"] is None and echo["uptime"] >= 0
-    assert echo["memory_rss"] is None or echo["memory_rss"] > 1_000_000
+    assert echo["memory_rss"] > 1_000_000 and echo["processes"] == 1
     assert {"calls", "failures", "in_flight", "queued", "cpu_time", "processes", "error"} <= set(echo)
     assert rows["broken"]["state"] == "failed" and "plugin.entry" in rows["broken"]["error"]
     assert rows["off"]["state"] == "stopped"
@@ -174,6 +177,10 @@ ERROR_CASES: list[tuple[str, str, str, str, int, str, str]] = [
         ("echo", "echo", '{"value": 1}', "?timeout=-1", 400, "InvalidArguments", "timeout must be a number"),
         ("echo", "echo", '{"value": 1}', "?timeout=nan", 400, "InvalidArguments", "timeout must be a number"),
         ("echo", "echo", '{"value": 1}', "?timeout=inf", 400, "InvalidArguments", "timeout must be a number"),
+        ("echo", "echo", '{"value": NaN}', "", 400, "InvalidJSON", "NaN is not JSON"),
+        ("echo", "echo", '{"value": 1e400}', "", 400, "InvalidJSON", "too large a number"),
+        ("echo", "echo", '{"value": 1}', "?timeout=1_0", 400, "InvalidArguments", "timeout must be a number"),
+        ("echo", "echo", '{"value": 1}', "?timeout=%D9%A3", 400, "InvalidArguments", "timeout must be a number"),
         ("bad.id", "echo", "{}", "", 400, "InvalidId", "not a plugin id"),
         ("echo", "%01ctl", "{}", "", 400, "InvalidId", "not an entry id"),
         ("nope", "echo", "{}", "", 404, "PluginNotFound", "no plugin 'nope'"),
@@ -244,6 +251,10 @@ async def test_a_body_over_the_limit_is_413_and_nothing_is_called(make_service: 
     async with service.client.post("/v1/plugins/echo/entries/echo", data=chunks(), headers=AUTH) as response:
         assert response.status == 413
     assert service.sup.status("echo").calls == 0
+    exactly = '{"value": "' + "x" * (MAX_BODY - len('{"value": ""}')) + '"}'
+    assert len(exactly) == MAX_BODY
+    async with service.client.post("/v1/plugins/echo/entries/echo", data=exactly, headers=AUTH) as response:
+        assert response.status == 200  # the limit itself is allowed
 
 
 # -- lifecycle and logs --------------------------------------------------------------------
@@ -291,8 +302,9 @@ async def test_logs_tail(make_service: Callable[..., Awaitable[Service]]) -> Non
     status, body = await service.get("/v1/plugins/crash/logs?tail=2")
     assert len(body["lines"]) == 2
     assert (await service.get("/v1/plugins/crash/logs?tail=0"))[1]["lines"] == []
-    status, body = await service.get("/v1/plugins/crash/logs?tail=-1")
-    assert (status, body["error"]["type"]) == (400, "InvalidArguments")
+    for bad in ("-1", "%C2%B2", "%D9%A3", "1.5", "x"):  # "²" and "٣" pass str.isdigit()
+        status, body = await service.get(f"/v1/plugins/crash/logs?tail={bad}")
+        assert (status, body["error"]["type"]) == (400, "InvalidArguments"), bad
 
 
 # -- metrics ---------------------------------------------------------------------------------
@@ -417,3 +429,14 @@ async def test_while_stopping_new_calls_and_lifecycle_changes_are_refused(make_s
     assert status == 503
     status, body = await service.get("/v1/plugins/echo")
     assert status == 200 and body["plugin"]["state"] == "running"
+
+
+async def test_a_restart_racing_the_supervisors_stop_starts_no_new_worker(tmp_path: Path) -> None:
+    """SIGTERM while a restart is under way: the stop it joins is the last word."""
+    sup = Supervisor(copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["echo"]), log_dir=False)
+    await sup.start()
+    restarting = asyncio.create_task(sup.restart("echo"))  # runs first: its stop is under way...
+    stopping = asyncio.create_task(sup.stop())              # ...when the supervisor's stop joins it
+    restarted, _ = await asyncio.gather(restarting, stopping, return_exceptions=True)
+    assert isinstance(restarted, PluginUnavailable) and "the supervisor is stopping" in str(restarted)
+    assert (sup.status("echo").state, sup.status("echo").pid) == ("stopped", None)

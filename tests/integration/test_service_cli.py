@@ -52,13 +52,17 @@ class Served:
             return await self.process.wait()
 
 
-async def start_serving(plugins: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Served:
-    stderr_path = tmp_path / "serve.stderr"
-    with open(stderr_path, "wb") as stderr:  # noqa: ASYNC230 - a test's local file
-        process = await asyncio.create_subprocess_exec(
+async def launch(plugins: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+    with open(tmp_path / "serve.stderr", "wb") as stderr:  # noqa: ASYNC230 - a test's local file
+        return await asyncio.create_subprocess_exec(
             sys.executable, "-m", "supervisor", "serve", str(plugins), "--port", "0", *args,
             stdout=asyncio.subprocess.PIPE, stderr=stderr, cwd=ROOT, env={**os.environ, **(env or {})},
         )
+
+
+async def start_serving(plugins: Path, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Served:
+    stderr_path = tmp_path / "serve.stderr"
+    process = await launch(plugins, tmp_path, *args, env=env)
     lines: list[str] = []
     assert process.stdout is not None
     async with asyncio.timeout(30):
@@ -155,7 +159,7 @@ async def test_json_log_lines_carry_the_plugin_id(plugins: Path, tmp_path: Path,
     served = await start_serving(plugins, tmp_path, "--log-format", "json", env={"NEKO_SUPERVISOR_TOKEN": TOKEN})
     cleanup.append(served.process)
     await served.request("POST", "/v1/plugins/crash/entries/crash", {"code": 5})
-    assert await served.signal_and_wait(signal.SIGTERM) == 0
+    assert await served.signal_and_wait(signal.SIGHUP) == 0  # the terminal closed: a clean stop too
     records = [json.loads(line) for line in text_of(served.stderr_path).splitlines()]
     assert records and all({"time", "level", "logger", "message"} <= set(record) for record in records)
     crash_lines = [record for record in records if record.get("plugin") == "crash"]
@@ -202,3 +206,53 @@ async def test_a_port_in_use_is_a_clear_error(plugins: Path, tmp_path: Path) -> 
     assert process.returncode == 2
     assert f"cannot listen on 127.0.0.1:{port}" in stderr.decode()
     assert not [p for p in psutil.Process().children(recursive=True) if "worker" in " ".join(p.cmdline())]
+
+
+async def test_a_client_that_hangs_up_cancels_its_call(plugins: Path, tmp_path: Path, cleanup: list[Any]) -> None:
+    """Callers that give up and retry must not fill a plugin's places with calls nobody awaits."""
+    served = await start_serving(plugins, tmp_path, env={"NEKO_SUPERVISOR_TOKEN": TOKEN})
+    cleanup.append(served.process)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(TimeoutError):
+            await session.post(
+                served.url + "/v1/plugins/echo/entries/asleep", json={"seconds": 60}, headers=served.auth,
+                timeout=aiohttp.ClientTimeout(total=0.5),
+            )
+    async with asyncio.timeout(10):  # the worker was asked to cancel it
+        # A poll of another process's state (no event crosses to us), bounded by the deadline.
+        while (row := (await served.request("GET", "/v1/plugins/echo"))[1]["plugin"])["in_flight"] or row["failures"] != 1:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+    assert await served.signal_and_wait(signal.SIGTERM) == 0
+
+
+async def test_a_malformed_request_is_one_warning_without_the_token(plugins: Path, tmp_path: Path, cleanup: list[Any]) -> None:
+    served = await start_serving(plugins, tmp_path, env={"NEKO_SUPERVISOR_TOKEN": TOKEN})
+    cleanup.append(served.process)
+    host, port = served.url.removeprefix("http://").split(":")
+    reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /v1/plugins HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\x00\r\n\r\n".encode())
+    async with asyncio.timeout(10):
+        answer = await reader.read()
+    writer.close()
+    assert answer.startswith(b"HTTP/1.") and b" 400 " in answer.split(b"\r\n", 1)[0]
+    assert await served.signal_and_wait(signal.SIGTERM) == 0
+    log = text_of(served.stderr_path)
+    assert "WARNING aiohttp.server: malformed HTTP request from 127.0.0.1: BadHttpMessage (answered 400)" in log
+    assert TOKEN not in log and "Traceback" not in log
+
+
+async def test_a_signal_during_start_up_stops_cleanly(tmp_path: Path, cleanup: list[Any]) -> None:
+    plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["slow_start", "echo"])
+    (plugins / "slow_start" / "delay.txt").write_text("3")
+    process = await launch(plugins, tmp_path, env={"NEKO_SUPERVISOR_TOKEN": TOKEN})
+    cleanup.append(process)
+    assert process.stdout is not None
+    async with asyncio.timeout(20):
+        first = (await process.stdout.readline()).decode()  # listening: start-up has begun
+        assert "serving" in first
+        process.send_signal(signal.SIGINT)
+        rest = (await process.stdout.read()).decode()
+        assert await process.wait() == 0
+    assert "ready" not in rest
+    log = text_of(tmp_path / "serve.stderr")
+    assert "SIGINT: stopping every plugin" in log and "Traceback" not in log
