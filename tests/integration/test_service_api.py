@@ -189,6 +189,7 @@ ERROR_CASES: list[tuple[str, str, str, str, int, str, str]] = [
         ("raiser", "nan", "{}", "", 422, "ResultNotSerializable", "cannot be written as JSON"),
         ("unserializable", "bad", "{}", "", 422, "ResultNotSerializable", "cannot be encoded"),
         ("crash", "crash", '{"code": 3}', "", 502, "WorkerCrashed", "exited with code 3"),
+        ("protocol_breaker", "garbage", "{}", "", 502, "ProtocolError", "broke the protocol: invalid msgpack"),
         ("off", "boom", "{}", "", 503, "PluginUnavailable", "disabled"),
         ("broken", "boom", "{}", "", 503, "PluginUnavailable", "failed"),
         ("async_hang", "hang", "{}", "?timeout=0.2", 504, "CallTimeout", "timed out after 0.2 s"),
@@ -198,7 +199,7 @@ ERROR_CASES: list[tuple[str, str, str, str, int, str, str]] = [
 
 
 async def test_each_error_has_its_status_code_and_json_shape(make_service: Callable[..., Awaitable[Service]]) -> None:
-    service = await make_service("echo", "crash", "async_hang", "unserializable")
+    service = await make_service("echo", "crash", "async_hang", "unserializable", "protocol_breaker")
 
     async def check(plugin: str, entry: str, body: str, query: str, status: int, error_type: str, message: str) -> None:
         async with service.client.post(f"/v1/plugins/{plugin}/entries/{entry}{query}", data=body, headers=AUTH) as response:
@@ -255,6 +256,21 @@ async def test_a_body_over_the_limit_is_413_and_nothing_is_called(make_service: 
     assert len(exactly) == MAX_BODY
     async with service.client.post("/v1/plugins/echo/entries/echo", data=exactly, headers=AUTH) as response:
         assert response.status == 200  # the limit itself is allowed
+
+
+async def test_a_bug_in_the_service_is_a_json_500_without_details(
+    make_service: Callable[..., Awaitable[Service]], monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    service = await make_service()
+
+    def broken() -> list[Any]:
+        raise RuntimeError(f"internal detail {service.folder}")
+
+    monkeypatch.setattr(service.sup, "statuses", broken)  # our own code failing, not a worker
+    status, body = await service.get("/v1/plugins")
+    assert status == 500
+    assert body == {"ok": False, "error": {"type": "InternalError", "message": "the service hit an unexpected error; see its log"}}
+    assert "internal detail" in caplog.text and "Traceback" in caplog.text  # the operator sees it all
 
 
 # -- lifecycle and logs --------------------------------------------------------------------
