@@ -30,6 +30,7 @@ import os
 import resource
 import signal
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -215,6 +216,7 @@ def kill_descendants() -> None:
         # descendants. kill(-1) skips the caller, and a fork racing it is aborted.
         with contextlib.suppress(OSError):
             os.kill(-1, signal.SIGKILL)
+        _reap_children()
         return
     try:
         import psutil  # only needed on the way out
@@ -237,3 +239,24 @@ def kill_descendants() -> None:
     for proc in stopped.values():
         with contextlib.suppress(psutil.Error, OSError):
             proc.kill()
+    if stopped:
+        _reap_children()
+
+
+REAP_DEADLINE = 1.0
+
+
+def _reap_children() -> None:
+    """Wait until every child is gone, for at most REAP_DEADLINE s. As the subreaper,
+    the worker inherits each descendant whose parent dies, so once it has no child
+    left, every process it killed is dead: when the worker's exit is seen, they are."""
+    deadline = time.monotonic() + REAP_DEADLINE
+    while time.monotonic() < deadline:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return  # no child left
+        except OSError:
+            return
+        if pid == 0:
+            time.sleep(0.002)  # children still dying; bounded by the deadline
