@@ -121,14 +121,19 @@ class PoolEcho:
 
 
 class ExecutorEcho:
+    """concurrent.futures.ProcessPoolExecutor; LokyEcho reuses all but how the executor is made."""
+
     name = "ProcessPoolExecutor"
     restartable: ClassVar[bool] = False
 
     def __init__(self) -> None:
         self._executor: Any = None
 
-    async def start(self) -> None:
+    def _open(self) -> None:
         self._executor = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+
+    async def start(self) -> None:
+        self._open()
         self._executor.submit(echo, b"warm").result()
 
     async def call(self, value: Any) -> Any:
@@ -144,22 +149,15 @@ class ExecutorEcho:
         self._executor.shutdown(wait=True)
 
 
-class LokyEcho:
+class LokyEcho(ExecutorEcho):
     name = "loky"
     restartable: ClassVar[bool] = True
-
-    def __init__(self) -> None:
-        self._executor: Any = None
 
     def _open(self) -> None:
         import loky
 
         # A fresh executor rather than the process-wide reusable one, so `close` owns it.
         self._executor = loky.ProcessPoolExecutor(1)
-
-    async def start(self) -> None:
-        self._open()
-        self._executor.submit(echo, b"warm").result()
 
     async def call(self, value: Any) -> Any:
         try:
@@ -170,15 +168,6 @@ class LokyEcho:
             self._executor.shutdown(wait=True, kill_workers=True)
             self._open()
             return self._executor.submit(echo, value).result()
-
-    async def burst(self, count: int, in_flight: int) -> None:
-        _pipeline(lambda: self._executor.submit(echo, b"x"), lambda f: f.result(), count, in_flight)
-
-    def worker_pid(self) -> int | None:
-        return int(self._executor.submit(os.getpid).result())
-
-    async def close(self) -> None:
-        self._executor.shutdown(wait=True)
 
 
 class PebbleEcho:
