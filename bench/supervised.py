@@ -21,30 +21,43 @@ PLUGIN = Path(__file__).resolve().parent / "plugins" / "echo"
 BULK_FRAME = 64 * 1024 * 1024  # room for a 16 MiB value each way
 
 
-def plugins_folder(count: int) -> Path:
-    """A temporary plugins folder with `count` copies of the bench plugin (echo, echo_1, ...)."""
+def plugins_folder(count: int, spare: bool = False) -> Path:
+    """A temporary plugins folder with `count` copies of the bench plugin (echo, echo_1, ...);
+    `spare`: with `spare_worker = true`."""
     root = Path(tempfile.mkdtemp(prefix="neko-bench-"))
     for index in range(count):
         plugin_id = "echo" if index == 0 else f"echo_{index}"
         target = root / plugin_id
         shutil.copytree(PLUGIN, target, ignore=shutil.ignore_patterns("__pycache__"))
         toml = target / "plugin.toml"
-        toml.write_text(toml.read_text().replace('id = "echo"', f'id = "{plugin_id}"').replace('entry = "echo:', f'entry = "{plugin_id}:'))
+        text = toml.read_text().replace('id = "echo"', f'id = "{plugin_id}"').replace('entry = "echo:', f'entry = "{plugin_id}:')
+        toml.write_text(text + ("spare_worker = true\n" if spare else ""))
     return root
 
 
 class SupervisorEcho:
     """An `Echo` contestant: Supervisor.call of one entry of the bench plugin."""
 
-    def __init__(self, entry: str) -> None:
+    def __init__(self, entry: str, spare: bool = False) -> None:
         self.entry = entry
-        self.name = f"Supervisor.call, {'sync' if entry == 'echo' else 'async'} entry"
-        self._folder = plugins_folder(1)
+        self.name = f"Supervisor.call, {'sync' if entry == 'echo' else 'async'} entry" + (", spare_worker = true" if spare else "")
+        self.spare = spare
+        self._folder = plugins_folder(1, spare)
         self.sup = Supervisor(self._folder, log_dir=False, max_frame_size=BULK_FRAME)
 
     async def start(self) -> None:
         await self.sup.start()
         await self.call(b"warm")
+        await self.spare_ready()
+
+    async def spare_ready(self) -> None:
+        """With a spare: wait until it stands by (it starts in the background after each restart)."""
+        deadline = time.monotonic() + 30
+        # No event says "spare ready" (status() is a snapshot): a short poll, bounded.
+        while self.spare and self.sup.status("echo").spare_pid is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no spare worker within 30 s: {self.sup.status('echo').error}")
+            await asyncio.sleep(0.005)
 
     async def call(self, value: Any) -> Any:
         return await self.sup.call("echo", self.entry, {"value": value})
@@ -80,6 +93,8 @@ async def restart_after_sigkill(contestant: Any) -> float:
     """Seconds from SIGKILL of the contestant's worker until a call completes again."""
     pid = contestant.worker_pid()
     assert pid is not None
+    if isinstance(contestant, SupervisorEcho):
+        await contestant.spare_ready()
     began = time.perf_counter()
     os.kill(pid, signal.SIGKILL)
     while True:

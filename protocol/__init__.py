@@ -10,6 +10,7 @@ from protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode, frame
 from protocol.messages import (
     ERROR_KINDS,
     PROTOCOL_VERSION,
+    Activate,
     Call,
     Cancel,
     EntryInfo,
@@ -31,6 +32,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
     "ERROR_KINDS",
     "PROTOCOL_VERSION",
+    "Activate",
     "Call",
     "Cancel",
     "EntryInfo",

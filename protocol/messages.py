@@ -14,7 +14,9 @@ from typing import Any
 
 from protocol.errors import ProtocolError
 
-PROTOCOL_VERSION = 3  # 2: hello carries the protections the worker applied; 3: call may carry a fault
+# 2: hello carries the protections the worker applied; 3: call may carry a fault;
+# 4: activate, for a spare worker started with --standby
+PROTOCOL_VERSION = 4
 
 ERROR_KINDS = frozenset(
     {"entry_not_found", "invalid_arguments", "failed", "unserializable", "cancelled", "start_failed"}
@@ -91,6 +93,14 @@ class Hello:
 
     def to_wire(self) -> list[Any]:
         return ["hello", self.version, self.pid, self.protections]
+
+
+@dataclass(frozen=True, slots=True)
+class Activate:
+    """To a spare worker waiting after its hello: load the plugin now."""
+
+    def to_wire(self) -> list[Any]:
+        return ["activate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,7 +189,7 @@ class Shutdown:
         return ["shutdown", self.grace]
 
 
-Message = Hello | Ready | Fatal | Call | Result | Cancel | Log | Ping | Pong | Shutdown
+Message = Hello | Activate | Ready | Fatal | Call | Result | Cancel | Log | Ping | Pong | Shutdown
 
 
 def _expect(value: Any, types: type | tuple[type, ...], what: str) -> Any:
@@ -204,6 +214,11 @@ def _decode_hello(obj: list[Any]) -> Hello:
     if not all(isinstance(key, str) for key in protections):
         raise ProtocolError("hello.protections keys must all be strings")
     return Hello(_expect(obj[1], int, "hello.version"), _expect(obj[2], int, "hello.pid"), protections)
+
+
+def _decode_activate(obj: list[Any]) -> Activate:
+    _arity(obj, 1)
+    return Activate()
 
 
 def _decode_ready(obj: list[Any]) -> Ready:
@@ -270,6 +285,7 @@ def _decode_shutdown(obj: list[Any]) -> Shutdown:
 
 _DECODERS: dict[str, Callable[[list[Any]], Message]] = {
     "hello": _decode_hello,
+    "activate": _decode_activate,
     "ready": _decode_ready,
     "fatal": _decode_fatal,
     "call": _decode_call,

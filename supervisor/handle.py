@@ -20,7 +20,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ import psutil
 
 import protocol
 from protocol import (
+    Activate,
     Call,
     Cancel,
     EntryInfo,
@@ -117,8 +118,11 @@ class WorkerHandle:
         watcher: ResourceWatcher | None = None,
         network: bool | None = None,
         chaos: PluginChaos | None = None,
+        standby: bool = False,
     ) -> None:
         self.manifest = manifest
+        # A spare: started as far as its hello, it loads the plugin on activate().
+        self.standby = standby
         self._on_death = on_death
         self.plugin_id = manifest.id
         self.log = log
@@ -151,6 +155,7 @@ class WorkerHandle:
         self._transports: list[asyncio.BaseTransport] = []
         self._hello = False
         self._handshake: asyncio.Future[None] = self._loop.create_future()
+        self._hello_seen: asyncio.Future[None] = self._loop.create_future()
         self._dead: asyncio.Future[ExitInfo] = self._loop.create_future()
         self._pending: dict[int, _Pending] = {}
         self._abandoned: dict[int, asyncio.TimerHandle | None] = {}
@@ -197,18 +202,59 @@ class WorkerHandle:
             self._dead.set_result(ExitInfo(0, None, "chaos: spawn failed"))
             raise StartFailed("chaos: the worker failed to start (injected by fail_spawns)")
         try:
-            command = process.worker_command(self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox, self.network)
+            command = process.worker_command(
+                self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox, self.network, standby=self.standby
+            )
             self._proc = process.spawn(self.manifest.folder, command, self.env)
         except OSError as exc:
             self._move(WorkerState.DEAD)
             self._dead.set_result(ExitInfo(0, None, f"spawn failed: {exc}"))
             raise StartFailed(f"cannot spawn the worker: {exc}") from exc
-        try:
+        if self.standby:
+            self.log.event(f"spare worker {self._proc.pid} started")
+        else:
             self.log.new_worker(self._proc.pid)
-            self._start_watching()
-            await self._connect()
+        self._start_watching()
+        await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake))
+        if not self.standby:
+            self._ready()
+
+    async def activate(self) -> None:
+        """A spare becomes the plugin's worker: it loads the plugin now. Returns once it
+        is ready, or raises StartFailed with the process killed and reaped, as start()."""
+        assert self.standby and self._proc is not None, "activate() is for a started spare"
+        self.standby = False
+        if self._chaos is not None and self._chaos.take_spawn_failure():
+            self._chaos.record("fail_spawn", "this start failed by injection")
+            await self._abort("chaos: spawn failed")
+            raise StartFailed("chaos: the worker failed to start (injected by fail_spawns)", exit=self.exit)
+        self.log.new_worker(self._proc.pid)
+        self._send(Activate())
+        await self._until(asyncio.shield(self._handshake))
+        self._ready()
+
+    async def dismiss(self) -> None:
+        """An unused spare goes: its input closes and it exits (killed if it has not within 2 s)."""
+        if not self.alive:
+            return
+        self._death_reason = "spare dismissed"
+        if self.state is WorkerState.STARTING:
+            self._move(WorkerState.STOPPING)
+        if self._stdin is not None:
+            self._stdin.close()
+        if not await self._wait_dead_for(SIGTERM_GRACE):
+            await self._kill_and_wait("spare dismissed")
+
+    async def _connect_and_wait(self, step: asyncio.Future[None]) -> None:
+        await self._connect()
+        await asyncio.shield(step)
+
+    async def _until(self, step: Awaitable[None]) -> None:
+        """Wait for one step of the start within the manifest's `timeout`; on any failure
+        (cancellation included) kill and reap the process before raising."""
+        try:
             async with asyncio.timeout(self.manifest.runtime.timeout):
-                await asyncio.shield(self._handshake)
+                await step
         except TimeoutError:
             await self._abort(f"no handshake within {self.manifest.runtime.timeout:g} s")
             raise StartFailed(f"the worker did not become ready within {self.manifest.runtime.timeout:g} s (plugin_runtime.timeout)", exit=self.exit) from None
@@ -219,6 +265,8 @@ class WorkerHandle:
         except BaseException:
             await self._abort("start interrupted")
             raise
+
+    def _ready(self) -> None:
         self.started_at = time.monotonic()
         self._move(WorkerState.READY)
 
@@ -501,6 +549,8 @@ class WorkerHandle:
                 self._violation(str(exc))
                 return
             self._on_hello(message)
+            if not self._hello_seen.done():
+                self._hello_seen.set_result(None)
         elif isinstance(message, Ready) and self._hello and not self._handshake.done():
             self.entries = {entry.id: entry for entry in message.entries}
             self._handshake.set_result(None)
@@ -561,7 +611,7 @@ class WorkerHandle:
         if self._death_error is None:
             self._death_error = ProtocolError(f"plugin {self.plugin_id!r} broke the protocol: {detail}")
         if not self._handshake.done():
-            self._handshake.set_exception(StartFailed(f"protocol error during handshake: {detail}"))
+            self._fail_start(StartFailed(f"protocol error during handshake: {detail}"))
         self.kill(f"protocol error: {detail}")
 
     def _on_stdout_closed(self, error: BaseException | None) -> None:
@@ -705,15 +755,21 @@ class WorkerHandle:
         self._abandoned.clear()
         if not self._handshake.done():
             # No `fatal` came: the stderr is all we have (a segfault at import, os._exit in __init__).
-            self._handshake.set_exception(
+            self._fail_start(
                 StartFailed(
                     f"the worker died during start-up: {self.exit.describe()}",
                     "\n".join(stderr_excerpt(self.log.stderr_tail(), limit=40)),
                     exit=self.exit,
                 )
             )
-        if not self._handshake.cancelled():
-            self._handshake.exception()  # mark it read: nobody may be waiting for it any more
+        for step in (self._handshake, self._hello_seen):
+            if step.done() and not step.cancelled():
+                step.exception()  # mark it read: nobody may be waiting for it any more
+
+    def _fail_start(self, error: StartFailed) -> None:
+        for step in (self._hello_seen, self._handshake):
+            if not step.done():
+                step.set_exception(error)
 
     def _death_error_for(self, was_stopping: bool) -> PluginError:
         if self._death_error is not None:

@@ -25,6 +25,8 @@
     sandbox = false               # true: Landlock (own folder only); "required": refuse to start without it
                                   # Supervisor(sandbox=...) is a floor: this can raise it, never lower it
     network = false               # with the sandbox: allow TCP connect and bind
+    spare_worker = false          # true: keep one more worker started, short of loading the plugin,
+                                  # so a restart skips the interpreter's start (one more idle process)
 
 Unknown keys are kept out of the way (N.E.K.O manifests carry more tables, such
 as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
@@ -72,6 +74,7 @@ class RuntimeOptions:
     max_processes: int = 64
     sandbox: str | None = None    # "off" | "on" | "required"; None: the supervisor's default
     network: bool = False
+    spare_worker: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +171,7 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         max_processes=int(_positive(path, "plugin_runtime.max_processes", get("max_processes", (int,), defaults.max_processes), allow_zero=True)),
         sandbox=None if sandbox is None else "required" if sandbox == "required" else "on" if sandbox else "off",
         network=get("network", (bool,), defaults.network),
+        spare_worker=get("spare_worker", (bool,), defaults.spare_worker),
     )
     return Manifest(
         warnings=_typo_warnings(path, data, runtime_table),

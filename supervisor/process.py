@@ -64,7 +64,8 @@ def data_limit_mb(runtime: RuntimeOptions) -> int:
 
 
 def worker_command(
-    plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off", network: bool = False
+    plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off", network: bool = False,
+    standby: bool = False,
 ) -> list[str]:
     command = [
         sys.executable,
@@ -87,6 +88,8 @@ def worker_command(
         ]
     if network:
         command.append("--network")
+    if standby:
+        command.append("--standby")
     return command
 
 

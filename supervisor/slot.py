@@ -81,6 +81,7 @@ class PluginStatus:
     protections: dict[str, Any]  # what confines the current worker, as it reported it (see README, Security)
     warnings: tuple[str, ...]  # about its plugin.toml: keys ignored that look like typos
     injections: tuple[Injection, ...]  # faults injected through sup.chaos(id), oldest first
+    spare_pid: int | None = None  # spare_worker = true: the worker waiting to take over, if one is ready
 
 
 SANDBOX_STRICTNESS = ("off", "on", "required")
@@ -106,6 +107,8 @@ class PluginSlot:
         self.failures = 0
         self.log = PluginLog(plugin_id, options.log_dir / f"{plugin_id}.log" if options.log_dir else None)
         self._handle: WorkerHandle | None = None
+        self._spare: WorkerHandle | None = None              # spare_worker = true: the next worker, waiting
+        self._spare_task: asyncio.Task[None] | None = None
         self._entries: dict[str, EntryInfo] = {}
         self._runner: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -165,6 +168,7 @@ class PluginSlot:
             protections=dict(handle.protections) if handle is not None and handle.alive else {},
             warnings=self.manifest.warnings if self.manifest is not None else (),
             injections=self.chaos.injections,
+            spare_pid=self._spare.pid if self._spare is not None and self._spare.alive else None,
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -225,6 +229,7 @@ class PluginSlot:
         async with self._lifecycle_lock:
             self._stop_requested = True
             self._settled.set()  # nobody waits for a start that is being stopped
+            await self._dismiss_spare()
             handle, runner = self._handle, self._runner
             if handle is not None and handle.alive and self.manifest is not None:
                 await handle.stop(self.manifest.runtime.shutdown_timeout)
@@ -241,10 +246,10 @@ class PluginSlot:
         end stopped. A graceful stop under way finishes as soon as the worker is dead."""
         self._stop_requested = True
         self._settled.set()
-        handle = self._handle
-        if handle is not None and handle.alive:
-            handle.kill("forced stop")
-            await handle.wait_dead()
+        for handle in (self._handle, self._spare):
+            if handle is not None and handle.alive:
+                handle.kill("forced stop")
+                await handle.wait_dead()
         await self.stop()
 
     async def restart(self) -> None:
@@ -282,14 +287,11 @@ class PluginSlot:
         runtime = self.manifest.runtime
         while True:
             self._move(PluginState.STARTING)
-            handle = WorkerHandle(
-                self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
-                on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
-                network=runtime.network and self.options.network, chaos=self.chaos,
-            )
+            spare, self._spare = self._spare, None
+            handle = spare if spare is not None and spare.alive and spare.standby else self._new_handle()
             self._handle = handle
             try:
-                await handle.start()
+                await (handle.activate() if handle is spare else handle.start())
             except StartFailed as exc:
                 self.last_exit = exc.exit
                 self.error = exc.message + (f"\n{exc.traceback}" if exc.traceback else "")
@@ -312,6 +314,8 @@ class PluginSlot:
             self.error = None
             self._move(PluginState.RUNNING)
             self._settled.set()
+            if runtime.spare_worker:
+                self._prepare_spare()
             await handle.wait_dead()
             # _worker_died has already decided: STARTING means "go again".
             if self._stop_requested or self.state is not PluginState.STARTING:
@@ -338,6 +342,47 @@ class PluginSlot:
             return
         self.restarts += 1
         self._move(PluginState.STARTING)
+
+    def _new_handle(self, *, standby: bool = False) -> WorkerHandle:
+        assert self.manifest is not None
+        runtime = self.manifest.runtime
+        return WorkerHandle(
+            self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
+            on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
+            network=runtime.network and self.options.network, chaos=self.chaos, standby=standby,
+        )
+
+    # -- the spare worker (spare_worker = true) ------------------------------------------
+    def _prepare_spare(self) -> None:
+        """Start the next worker now, as far as its hello, so that a restart only loads the plugin."""
+        if self.closing or self._stop_requested or (self._spare_task is not None and not self._spare_task.done()):
+            return
+        if self._spare is not None and self._spare.alive:
+            return
+        self._spare_task = asyncio.create_task(self._start_spare(), name=f"spare-{self.id}")
+
+    async def _start_spare(self) -> None:
+        spare = self._new_handle(standby=True)
+        try:
+            await spare.start()
+        except Exception as exc:  # StartFailed, or anything else: a spare is never worth a crash
+            # No spare this time: the next restart spawns a worker as usual.
+            self.log.event(f"spare worker not ready: {exc.message if isinstance(exc, StartFailed) else repr(exc)}", logging.WARNING)
+            return
+        if self.closing or self._stop_requested:
+            await spare.dismiss()
+            return
+        self._spare = spare
+
+    async def _dismiss_spare(self) -> None:
+        task, spare = self._spare_task, self._spare
+        self._spare_task = self._spare = None
+        if task is not None and not task.done():
+            task.cancel()  # a spare still starting is killed by its own start()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if spare is not None:
+            await spare.dismiss()
 
     def _chaos_act(self, action: str, seconds: float | None) -> bool:
         handle = self._handle

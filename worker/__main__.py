@@ -24,6 +24,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-open-files", type=int, default=0, help="RLIMIT_NOFILE (0: unchanged)")
     parser.add_argument("--sandbox", choices=("off", "on", "required"), default="off", help="Landlock sandbox")
     parser.add_argument("--network", action="store_true", help="with the sandbox: allow TCP connect and bind")
+    parser.add_argument("--standby", action="store_true", help="a spare: after hello, wait for activate before loading the plugin")
     args = parser.parse_args(argv)
     in_fd, out_fd = claim_stdio()
     die_with_parent(args.parent_pid)
@@ -35,7 +36,7 @@ def main(argv: list[str] | None = None) -> None:
 
     plugin_dir = args.plugin_dir.resolve()
     limits = Limits(args.data_limit_mb, args.cpu_time_limit, args.max_open_files, args.sandbox, args.network)
-    code = serve(plugin_dir, in_fd, out_fd, args.max_frame_size, limits)
+    code = serve(plugin_dir, in_fd, out_fd, args.max_frame_size, limits, standby=args.standby)
     sys.stderr.flush()
     sys.stdout.flush()
     os._exit(code)

@@ -26,6 +26,7 @@ from typing import Any
 
 from protocol import (
     PROTOCOL_VERSION,
+    Activate,
     Call,
     Cancel,
     ErrorInfo,
@@ -33,8 +34,10 @@ from protocol import (
     Hello,
     Log,
     Message,
+    MessageDecoder,
     Ping,
     Pong,
+    ProtocolError,
     Ready,
     Shutdown,
     encode_message,
@@ -252,7 +255,36 @@ def _after_fork_in_child(in_fd: int, out_fd: int) -> None:
     root.handlers[:] = [logging.StreamHandler(sys.stderr)]
 
 
-def serve(plugin_dir: Path, in_fd: int, out_fd: int, max_frame_size: int, limits: Limits | None = None) -> int:
+def await_activation(in_fd: int, max_frame_size: int) -> bool:
+    """A spare worker's wait: True once `activate` arrives, False on EOF. Reads that
+    one frame and not a byte more (the session's reader takes the rest)."""
+    header = _read_exactly(in_fd, 4)
+    if header is None:
+        return False
+    size = int.from_bytes(header, "big")
+    if size > max_frame_size:
+        raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size}")
+    body = _read_exactly(in_fd, size)
+    if body is None:
+        raise ProtocolError("the input ended inside a frame")
+    messages = MessageDecoder(max_frame_size).feed(header + body)
+    if len(messages) != 1 or not isinstance(messages[0], Activate):
+        raise ProtocolError(f"got {type(messages[0]).__name__ if messages else 'nothing'} instead")
+    return True
+
+
+def _read_exactly(fd: int, count: int) -> bytes | None:
+    """`count` bytes from `fd`; None if it ends first (at once or part way)."""
+    data = bytearray()
+    while len(data) < count:
+        chunk = os.read(fd, count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return bytes(data)
+
+
+def serve(plugin_dir: Path, in_fd: int, out_fd: int, max_frame_size: int, limits: Limits | None = None, standby: bool = False) -> int:
     writer = BlockingWriter(out_fd, max_frame_size)
     os.register_at_fork(after_in_child=lambda: _after_fork_in_child(in_fd, out_fd))
     refused: SandboxRefused | None = None
@@ -265,6 +297,13 @@ def serve(plugin_dir: Path, in_fd: int, out_fd: int, max_frame_size: int, limits
         writer.send(Fatal(error_from_exception("start_failed", refused)))
         return EXIT_START_FAILED
     install_logging(writer)
+    if standby:
+        try:
+            if not await_activation(in_fd, max_frame_size):
+                return EXIT_OK  # dismissed: the supervisor closed our input
+        except ProtocolError as exc:
+            logging.getLogger("worker").error("a spare worker expected activate: %s", exc)
+            return EXIT_PROTOCOL_ERROR
     session = Session(plugin_dir, writer, in_fd, max_frame_size)
     try:
         code = asyncio.run(session.run())

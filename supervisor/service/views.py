@@ -27,6 +27,7 @@ def plugin_summary(status: PluginStatus) -> dict[str, Any]:
         "memory_rss": status.memory_rss,
         "cpu_time": status.cpu_time,
         "processes": status.processes,
+        "spare_pid": status.spare_pid,
     }
 
 

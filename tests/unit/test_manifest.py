@@ -186,6 +186,8 @@ WRONG_TYPES = [
     ("sandbox", '"on"'),
     ("network", '"true"'),
     ("network", "1"),
+    ("spare_worker", '"yes"'),
+    ("spare_worker", "1"),
 ]
 
 

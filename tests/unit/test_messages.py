@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from protocol import (
     ERROR_KINDS,
     PROTOCOL_VERSION,
+    Activate,
     Call,
     Cancel,
     EntryInfo,
@@ -40,6 +41,7 @@ ERROR = ErrorInfo("failed", "ValueError", "bad value", "Traceback (most recent c
 SAMPLES: list[Message] = [
     Hello(PROTOCOL_VERSION, 4242),
     Hello(PROTOCOL_VERSION, 4242, {"core_dumps": "off", "sandbox": {"abi": 7, "network": "denied"}}),
+    Activate(),
     Ready(()),
     Ready(
         (
@@ -263,6 +265,7 @@ ints = st.integers(min_value=INT64_MIN, max_value=INT64_MAX)
 text = st.text(max_size=5)
 SHAPES: dict[str, list[st.SearchStrategy[Any]]] = {
     "hello": [ints, ints, st.dictionaries(text, msgpack_values, max_size=3)],
+    "activate": [],
     "ready": [st.lists(_sometimes(entry_maps), max_size=3)],
     "fatal": [error_maps],
     "call": [ints, text, st.dictionaries(text, msgpack_values, max_size=3)],
