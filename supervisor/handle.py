@@ -210,26 +210,28 @@ class WorkerHandle:
             self._move(WorkerState.DEAD)
             self._dead.set_result(ExitInfo(0, None, f"spawn failed: {exc}"))
             raise StartFailed(f"cannot spawn the worker: {exc}") from exc
-        if self.standby:
-            self.log.event(f"spare worker {self._proc.pid} started")
-        else:
-            self.log.new_worker(self._proc.pid)
-        self._start_watching()
         await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake))
         if not self.standby:
             self._ready()
 
-    async def activate(self) -> None:
+    async def activate(self, chaos: PluginChaos | None = None) -> None:
         """A spare becomes the plugin's worker: it loads the plugin now. Returns once it
-        is ready, or raises StartFailed with the process killed and reaped, as start()."""
+        is ready, or raises StartFailed with the process killed and reaped, as start().
+
+        A spare is made without the plugin's chaos: faults are for the plugin's worker,
+        so they attach here, after the `activate` frame (a fresh worker's first frame
+        out is a call too)."""
         assert self.standby and self._proc is not None, "activate() is for a started spare"
         self.standby = False
-        if self._chaos is not None and self._chaos.take_spawn_failure():
-            self._chaos.record("fail_spawn", "this start failed by injection")
+        if chaos is not None and chaos.take_spawn_failure():
+            chaos.record("fail_spawn", "this start failed by injection")
             await self._abort("chaos: spawn failed")
             raise StartFailed("chaos: the worker failed to start (injected by fail_spawns)", exit=self.exit)
         self.log.new_worker(self._proc.pid)
         self._send(Activate())
+        if chaos is not None:
+            self._chaos = chaos
+            self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation)
         await self._until(asyncio.shield(self._handshake))
         self._ready()
 
@@ -246,6 +248,12 @@ class WorkerHandle:
             await self._kill_and_wait("spare dismissed")
 
     async def _connect_and_wait(self, step: asyncio.Future[None]) -> None:
+        assert self._proc is not None
+        if self.standby:
+            self.log.event(f"spare worker {self._proc.pid} started")
+        else:
+            self.log.new_worker(self._proc.pid)
+        self._start_watching()
         await self._connect()
         await asyncio.shield(step)
 
@@ -555,6 +563,8 @@ class WorkerHandle:
             self.entries = {entry.id: entry for entry in message.entries}
             self._handshake.set_result(None)
         elif isinstance(message, Fatal) and not self._handshake.done():
+            if self.standby:
+                self.log.event(f"spare worker {self.pid} cannot serve: {message.error.type}: {message.error.message}", logging.WARNING)
             self._handshake.set_exception(
                 StartFailed(
                     f"{message.error.type}: {message.error.message}", message.error.traceback,
@@ -674,7 +684,8 @@ class WorkerHandle:
                 self._tap.flush_incoming()
             self.log.end_stderr()
             # A worker that ended as asked is news; one that died is a warning.
-            self.log.event(self.exit.describe(), logging.INFO if was_stopping or self.exit.reason == "exited" else logging.WARNING)
+            spare = "spare " if self.standby else ""  # a spare that never took over
+            self.log.event(spare + self.exit.describe(), logging.INFO if was_stopping or self.exit.reason == "exited" else logging.WARNING)
             if self._on_death is not None:
                 # Before the callers hear of it, so the slot's status is already current.
                 try:

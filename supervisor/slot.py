@@ -85,6 +85,15 @@ class PluginStatus:
 
 
 SANDBOX_STRICTNESS = ("off", "on", "required")
+SPARE_MIN_LIFE = 1.0  # seconds a spare must have waited for its death to be replaced at once
+
+
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        info = folder.stat()
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def strictest_sandbox(manifest: str | None, operator: str) -> str:
@@ -109,6 +118,8 @@ class PluginSlot:
         self._handle: WorkerHandle | None = None
         self._spare: WorkerHandle | None = None              # spare_worker = true: the next worker, waiting
         self._spare_task: asyncio.Task[None] | None = None
+        self._spare_folder: tuple[int, int] | None = None   # (st_dev, st_ino) of the folder it started on
+        self._spare_ready_at = 0.0
         self._entries: dict[str, EntryInfo] = {}
         self._runner: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
@@ -213,8 +224,9 @@ class PluginSlot:
         if self.state is not PluginState.FAILED:
             self.state = PluginState.FAILED  # bypasses _move(): the machine itself is what broke
             self._notify()
-        if self._handle is not None:
-            self._handle.kill("supervision loop crashed")
+        for handle in (self._handle, self._spare):
+            if handle is not None:
+                handle.kill("supervision loop crashed")
         self.log.event(f"supervision loop crashed: {exc!r}", logging.ERROR)
 
     async def stop(self) -> None:
@@ -246,10 +258,11 @@ class PluginSlot:
         end stopped. A graceful stop under way finishes as soon as the worker is dead."""
         self._stop_requested = True
         self._settled.set()
-        for handle in (self._handle, self._spare):
-            if handle is not None and handle.alive:
-                handle.kill("forced stop")
-                await handle.wait_dead()
+        handles = [handle for handle in (self._handle, self._spare) if handle is not None and handle.alive]
+        for handle in handles:
+            handle.kill("forced stop")
+        for handle in handles:
+            await handle.wait_dead()
         await self.stop()
 
     async def restart(self) -> None:
@@ -282,16 +295,23 @@ class PluginSlot:
         self._budget = RestartBudget(runtime.max_restarts if runtime else 0, runtime.restart_window if runtime else 60.0, self.options.clock)
 
     async def _run(self) -> None:
-        """The slot's supervision loop: one iteration per worker."""
+        """The slot's supervision loop: one iteration per worker. However it ends
+        (failed, stopped, cancelled), no spare outlives it."""
+        try:
+            await self._run_workers()
+        finally:
+            await asyncio.shield(self._dismiss_spare())
+
+    async def _run_workers(self) -> None:
         assert self.manifest is not None
         runtime = self.manifest.runtime
         while True:
             self._move(PluginState.STARTING)
-            spare, self._spare = self._spare, None
-            handle = spare if spare is not None and spare.alive and spare.standby else self._new_handle()
+            spare = await self._take_spare()
+            handle = spare or self._new_handle()
             self._handle = handle
             try:
-                await (handle.activate() if handle is spare else handle.start())
+                await (handle.activate(self.chaos) if handle is spare else handle.start())
             except StartFailed as exc:
                 self.last_exit = exc.exit
                 self.error = exc.message + (f"\n{exc.traceback}" if exc.traceback else "")
@@ -314,7 +334,7 @@ class PluginSlot:
             self.error = None
             self._move(PluginState.RUNNING)
             self._settled.set()
-            if runtime.spare_worker:
+            if runtime.spare_worker and runtime.restart != "never":  # "never": no restart could use it
                 self._prepare_spare()
             await handle.wait_dead()
             # _worker_died has already decided: STARTING means "go again".
@@ -324,6 +344,9 @@ class PluginSlot:
     def _worker_died(self, handle: WorkerHandle, exit_info: ExitInfo) -> None:
         """Called by a handle the moment its worker is found dead, before any caller hears of it,
         so `status()` is already up to date when a call fails with WorkerCrashed."""
+        if handle is self._spare:
+            self._spare_died()
+            return
         if handle is not self._handle or handle.started_at is None:
             return  # a failed start: the loop in _run handles it
         self.last_exit = exit_info
@@ -349,7 +372,7 @@ class PluginSlot:
         return WorkerHandle(
             self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
             on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
-            network=runtime.network and self.options.network, chaos=self.chaos, standby=standby,
+            network=runtime.network and self.options.network, chaos=None if standby else self.chaos, standby=standby,
         )
 
     # -- the spare worker (spare_worker = true) ------------------------------------------
@@ -361,8 +384,20 @@ class PluginSlot:
             return
         self._spare_task = asyncio.create_task(self._start_spare(), name=f"spare-{self.id}")
 
+    async def _take_spare(self) -> WorkerHandle | None:
+        """The spare, if it can take over: alive, waiting, and started on the plugin folder
+        as it is now (one replaced by a deploy would load the old code, or none)."""
+        spare, self._spare = self._spare, None
+        if spare is None:
+            return None
+        if spare.alive and spare.standby and self._spare_folder == _identity(self.folder):
+            return spare
+        await spare.dismiss()
+        return None
+
     async def _start_spare(self) -> None:
         spare = self._new_handle(standby=True)
+        self._spare_folder = _identity(self.folder)
         try:
             await spare.start()
         except Exception as exc:  # StartFailed, or anything else: a spare is never worth a crash
@@ -373,6 +408,14 @@ class PluginSlot:
             await spare.dismiss()
             return
         self._spare = spare
+        self._spare_ready_at = time.monotonic()
+
+    def _spare_died(self) -> None:
+        """A spare died while it waited (the watcher, an outside kill): make another, unless
+        it lived under a second (then the next restart spawns a worker as usual)."""
+        self._spare = None
+        if time.monotonic() - self._spare_ready_at >= SPARE_MIN_LIFE and self.state is PluginState.RUNNING:
+            self._prepare_spare()
 
     async def _dismiss_spare(self) -> None:
         task, spare = self._spare_task, self._spare

@@ -258,9 +258,13 @@ def _after_fork_in_child(in_fd: int, out_fd: int) -> None:
 def await_activation(in_fd: int, max_frame_size: int) -> bool:
     """A spare worker's wait: True once `activate` arrives, False on EOF. Reads that
     one frame and not a byte more (the session's reader takes the rest)."""
-    header = _read_exactly(in_fd, 4)
-    if header is None:
-        return False
+    first = os.read(in_fd, 1)
+    if not first:
+        return False  # dismissed
+    rest = _read_exactly(in_fd, 3)
+    if rest is None:
+        raise ProtocolError("the input ended inside a frame header")
+    header = first + rest
     size = int.from_bytes(header, "big")
     if size > max_frame_size:
         raise ProtocolError(f"frame of {size} bytes exceeds the limit of {max_frame_size}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 
 from protocol import DEFAULT_MAX_FRAME_SIZE, Ping, encode_message
 from protocol.exits import EXIT_OK, EXIT_PROTOCOL_ERROR
-from supervisor import Supervisor, process
+from supervisor import ProtocolError, Supervisor, WorkerCrashed, process, slot
 from supervisor.manifest import load_manifest
 from tests.conftest import FAULT_PLUGINS, copy_plugins, pid_alive
 from tests.faults.helpers import set_runtime
@@ -73,7 +74,7 @@ async def test_stop_dismisses_the_spare_and_kill_kills_it(plugins: Path) -> None
         spare = await spare_of(sup, "echo")
         await sup.stop_plugin("echo")
         assert not pid_alive(spare) and sup.status("echo").spare_pid is None
-        assert f"[supervisor] worker {spare} exited with code 0 (spare dismissed)" in sup.logs("echo")
+        assert f"[supervisor] spare worker {spare} exited with code 0 (spare dismissed)" in sup.logs("echo")
         await sup.start_plugin("echo")
         worker, spare = sup.status("echo").pid, await spare_of(sup, "echo")
         await sup.kill()
@@ -84,14 +85,82 @@ async def test_a_dead_spare_is_no_loss(plugins: Path) -> None:
     async with Supervisor(plugins, log_dir=False) as sup:
         spare = await spare_of(sup, "echo")
         os.kill(spare, signal.SIGKILL)
-        await wait_for(lambda: not pid_alive(spare))
+        await wait_for(lambda: sup.status("echo").spare_pid is None)  # seen dead by the slot
         worker = sup.status("echo").pid
         assert worker is not None
         os.kill(worker, signal.SIGKILL)
-        await sup.wait_for_state("echo", "running")
-        await wait_for(lambda: sup.status("echo").pid not in (None, worker))
+        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (None, worker))
         assert sup.status("echo").pid != spare  # a fresh worker, spawned as usual
-        assert await sup.call("echo", "ping") == "pong"
+        assert sup.status("echo").restarts == 1  # one crash, no failed start on the way
+        assert not any("start failed" in line for line in sup.logs("echo"))
+        assert f"[supervisor] spare worker {spare} killed by SIGKILL (crashed)" in sup.logs("echo")
+
+
+async def test_a_spare_killed_while_it_waits_is_replaced(plugins: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(slot, "SPARE_MIN_LIFE", 0.0)  # replaced however short its life
+    async with Supervisor(plugins, log_dir=False) as sup:
+        first = await spare_of(sup, "echo")
+        os.kill(first, signal.SIGKILL)
+        await wait_for(lambda: sup.status("echo").spare_pid not in (None, first))
+        assert sup.status("echo").restarts == 0 and sup.status("echo").state == "running"
+
+
+@pytest.mark.parametrize("ending", ["restart_never", "budget_spent"])
+async def test_no_spare_outlives_a_plugin_that_gave_up(tmp_path: Path, ending: str) -> None:
+    root = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["crash"])
+    set_runtime(root / "crash", spare_worker=True, **({"restart": "never"} if ending == "restart_never" else {"max_restarts": 1}))
+    async with Supervisor(root, log_dir=False) as sup:
+        spares = []
+        if ending == "restart_never":
+            assert not any("spare" in line for line in sup.logs("crash"))  # no restart could use one
+        while sup.status("crash").state != "failed":
+            if ending == "budget_spent":
+                spares.append(await spare_of(sup, "crash"))
+            with pytest.raises(WorkerCrashed):
+                await sup.call("crash", "crash", {"code": 3})
+            await sup.wait_for_state("crash", "running", "failed")
+        # The supervision loop ends right after the plugin is marked failed, and its spare with it.
+        await wait_for(lambda: sup.status("crash").spare_pid is None and not any(pid_alive(pid) for pid in spares))
+
+
+async def test_an_injected_spawn_failure_lands_on_the_takeover_not_on_the_spare(plugins: Path) -> None:
+    async with Supervisor(plugins, log_dir=False) as sup:
+        spare = await spare_of(sup, "echo")
+        sup.chaos("echo").fail_spawns(1)
+        worker = sup.status("echo").pid
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (worker, spare))
+        assert [i.kind for i in sup.status("echo").injections] == ["fail_spawn"]
+        assert sup.status("echo").restarts == 2  # the crash, then the failed start the policy saw
+        assert any("start failed: chaos" in line for line in sup.logs("echo"))
+        assert not pid_alive(spare)
+
+
+async def test_a_frame_fault_is_for_the_worker_not_for_the_spare(plugins: Path) -> None:
+    async with Supervisor(plugins, log_dir=False) as sup:
+        sup.chaos("echo").corrupt_next("from_worker")  # armed before the spare says hello
+        spare = await spare_of(sup, "echo")
+        with pytest.raises(ProtocolError):
+            await sup.call("echo", "ping")  # the worker's answer took it
+        await sup.wait_for_state("echo", "running")
+        assert sup.status("echo").pid == spare and await sup.call("echo", "ping") == "pong"
+
+
+async def test_a_spare_started_on_a_replaced_folder_is_not_used(plugins: Path) -> None:
+    """A deploy swaps the folder (rename the old one away, move the new one in)."""
+    async with Supervisor(plugins, log_dir=False) as sup:
+        spare = await spare_of(sup, "echo")
+        folder = plugins / "echo"
+        folder.rename(plugins.parent / "echo-old")
+        shutil.copytree(plugins.parent / "echo-old", folder)
+        worker = sup.status("echo").pid
+        assert worker is not None
+        os.kill(worker, signal.SIGKILL)
+        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (None, worker))
+        assert sup.status("echo").pid != spare and not pid_alive(spare)
+        assert sup.status("echo").restarts == 1 and not any("start failed" in line for line in sup.logs("echo"))
+        assert (await sup.call("echo", "whoami"))["cwd"] == str(folder)  # the new folder, not the one renamed away
 
 
 async def test_a_spare_that_cannot_load_the_plugin_counts_as_a_failed_start(tmp_path: Path) -> None:
@@ -105,18 +174,6 @@ async def test_a_spare_that_cannot_load_the_plugin_counts_as_a_failed_start(tmp_
         os.kill(worker, signal.SIGKILL)
         await sup.wait_for_state("fragile", "failed")
         assert "cannot import me now" in (sup.status("fragile").error or "")
-        assert not pid_alive(spare)
-
-
-async def test_an_injected_spawn_failure_hits_the_spare_too(plugins: Path) -> None:
-    async with Supervisor(plugins, log_dir=False) as sup:
-        spare = await spare_of(sup, "echo")
-        sup.chaos("echo").fail_spawns(1)
-        worker = sup.status("echo").pid
-        assert worker is not None
-        os.kill(worker, signal.SIGKILL)
-        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (worker, spare))
-        assert [i.kind for i in sup.status("echo").injections] == ["fail_spawn"]
         assert not pid_alive(spare)
 
 
