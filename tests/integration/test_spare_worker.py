@@ -56,7 +56,8 @@ async def test_a_spare_takes_over_after_a_crash_and_another_is_made(plugins: Pat
             worker, spare = sup.status("echo").pid, await spare_of(sup, "echo")
             assert worker is not None and spare != worker and pid_alive(spare)
             os.kill(worker, signal.SIGKILL)
-            await wait_for(lambda w=worker: sup.status("echo").state == "running" and sup.status("echo").pid != w)
+            # pid None: the old worker is dead while its remains are collected, the new one not yet ready.
+            await wait_for(lambda w=worker: sup.status("echo").state == "running" and sup.status("echo").pid not in (None, w))
             assert sup.status("echo").pid == spare, sup.logs("echo", 30)  # the spare became the worker
             assert await sup.call("echo", "echo", {"value": "after"}) == "after"
         assert sup.status("echo").restarts == 3
@@ -130,7 +131,7 @@ async def test_an_injected_spawn_failure_lands_on_the_takeover_not_on_the_spare(
         worker = sup.status("echo").pid
         assert worker is not None
         os.kill(worker, signal.SIGKILL)
-        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (worker, spare))
+        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (None, worker, spare))
         assert [i.kind for i in sup.status("echo").injections] == ["fail_spawn"]
         assert sup.status("echo").restarts == 2  # the crash, then the failed start the policy saw
         assert any("start failed: chaos" in line for line in sup.logs("echo"))
@@ -140,10 +141,10 @@ async def test_an_injected_spawn_failure_lands_on_the_takeover_not_on_the_spare(
 async def test_a_frame_fault_is_for_the_worker_not_for_the_spare(plugins: Path) -> None:
     async with Supervisor(plugins, log_dir=False) as sup:
         sup.chaos("echo").corrupt_next("from_worker")  # armed before the spare says hello
-        spare = await spare_of(sup, "echo")
+        spare, worker = await spare_of(sup, "echo"), sup.status("echo").pid
         with pytest.raises(ProtocolError):
             await sup.call("echo", "ping")  # the worker's answer took it
-        await sup.wait_for_state("echo", "running")
+        await wait_for(lambda: sup.status("echo").state == "running" and sup.status("echo").pid not in (None, worker))
         assert sup.status("echo").pid == spare and await sup.call("echo", "ping") == "pong"
 
 
