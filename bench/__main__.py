@@ -98,7 +98,7 @@ async def latency_and_throughput(contestants: list[Any], rounds: int, calls: int
         for key in ("supervisor_sync", "supervisor_async"):
             ours = next(f for f in figures if f.key == f"latency.{key}")
             figures.append(Figure(
-                f"latency.{key}.vs_peer", f"{ours.label.split(',')[0]}, {ours.label.split(',')[1].strip()} vs the fastest peer", "us",
+                f"latency.{key}.vs_peer", f"{ours.label.removesuffix(', 1 in flight')} vs the fastest peer", "us",
                 ours.samples, reference=fastest.key, target=0.5,
             ))
     return figures

@@ -125,7 +125,7 @@ class HostPolicy:
     @classmethod
     def for_bind(cls, host: str, extra: tuple[str, ...] = ()) -> HostPolicy:
         names = {host.lower().strip("[]")} | {name.lower() for name in extra}
-        if names & LOOPBACK_NAMES or _is_loopback(host) or host in WILDCARD_ADDRESSES:
+        if names & LOOPBACK_NAMES or is_loopback(host) or host in WILDCARD_ADDRESSES:
             names |= LOOPBACK_NAMES  # a wildcard bind listens on loopback too
         return cls(frozenset(names), host in WILDCARD_ADDRESSES)
 
@@ -154,8 +154,12 @@ def _is_ip(name: str) -> bool:
     return True
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether a service bound to `host` is reachable from this machine only."""
+    name = host.lower().strip("[]")
+    if name == "localhost":
+        return True
     try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        return ipaddress.ip_address(name).is_loopback
     except ValueError:
         return False

@@ -31,10 +31,10 @@ from supervisor.service.app import (
     create_app,
 )
 from supervisor.service.auth import (
-    LOOPBACK_NAMES,
     HostPolicy,
     Token,
     TokenError,
+    is_loopback,
     load_token,
     new_token,
     save_token,
@@ -123,7 +123,7 @@ async def _serve(
         where = f"in {token.path}" if token.path is not None else f"from {token.source}"
         _say(out, f"serving {sup.plugins_dir} on {url} (API token {where})")
         logger.info("listening on %s", url)
-        if not HostPolicy.for_bind(options.host).names & LOOPBACK_NAMES:
+        if not is_loopback(options.host):  # a wildcard address included
             logger.warning("listening beyond this machine over plain HTTP: the token crosses the network unencrypted")
         await _run_until_signal(sup, state, stop, out)
     finally:

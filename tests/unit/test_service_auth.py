@@ -17,6 +17,7 @@ from supervisor.service.auth import (
     HostPolicy,
     Token,
     TokenError,
+    is_loopback,
     load_token,
     new_token,
     save_token,
@@ -345,3 +346,9 @@ def test_a_specific_address_answers_to_itself() -> None:
     assert policy.allows("192.0.2.5:8765") is True
     assert policy.allows("192.0.2.6:8765") is False
     assert policy.allows("localhost:8765") is False
+
+
+def test_only_loopback_binds_count_as_this_machine_only() -> None:
+    """serve warns for every other bind: the token would cross a network in clear."""
+    assert all(is_loopback(host) for host in ("127.0.0.1", "127.0.0.2", "::1", "[::1]", "localhost", "LOCALHOST"))
+    assert not any(is_loopback(host) for host in ("0.0.0.0", "::", "", "192.0.2.10", "example.org", "localhost.example.org"))
