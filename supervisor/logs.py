@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import os
 from pathlib import Path
@@ -49,6 +50,7 @@ class PluginLog:
         self.max_file_bytes = max_file_bytes
         self.logger = logging.getLogger(f"supervisor.plugin.{plugin_id}")
         self._tail: collections.deque[str] = collections.deque(maxlen=tail_lines)
+        self.appended = 0  # lines ever added to the tail: a position readers can resume from
         self._partial = bytearray()
         self._file: IO[bytes] | None = None
         self._file_size = 0
@@ -85,14 +87,14 @@ class PluginLog:
     def record(self, level: int, logger_name: str, text: str) -> None:
         """A log record forwarded by the worker."""
         line = f"{logging.getLevelName(level)} {logger_name}: {text}"
-        self._tail.append(line)
+        self._append(line)
         self._write_file(line.encode("utf-8", "replace") + b"\n")
         self.logger.log(level, "%s", text, extra={"plugin": self.plugin_id, "source": logger_name})
 
     def event(self, text: str, level: int = logging.INFO) -> None:
         """Something the supervisor did or saw (start, crash, restart)."""
         line = f"[supervisor] {text}"
-        self._tail.append(line)
+        self._append(line)
         self._write_file(line.encode("utf-8", "replace") + b"\n")
         self.logger.log(level, "%s", text, extra={"plugin": self.plugin_id, "source": "supervisor"})
 
@@ -100,6 +102,16 @@ class PluginLog:
     def tail(self, n: int | None = None) -> list[str]:
         lines = list(self._tail)
         return lines if n is None else lines[-n:] if n > 0 else []
+
+    def after(self, position: int, limit: int) -> tuple[list[str], int]:
+        """The lines added since `position` (a former `appended`), at most the last
+        `limit` of them, and how many of those new lines are not returned (beyond
+        `limit`, or already gone from the tail)."""
+        new = min(max(self.appended - position, 0), len(self._tail))
+        missed = max(self.appended - position, 0) - new
+        kept = min(new, max(limit, 0))
+        lines = list(itertools.islice(self._tail, len(self._tail) - kept, None)) if kept else []
+        return lines, missed + new - kept
 
     def stderr_tail(self) -> list[str]:
         return list(self._stderr_tail)
@@ -111,9 +123,13 @@ class PluginLog:
             self._file = None
 
     # -- internals -------------------------------------------------------
+    def _append(self, line: str) -> None:
+        self._tail.append(line)
+        self.appended += 1
+
     def _stderr_line(self, raw: bytes) -> None:
         text = raw.decode("utf-8", "replace").rstrip("\r")
-        self._tail.append(text)
+        self._append(text)
         self._stderr_tail.append(text)
         self.logger.info("%s", text, extra={"plugin": self.plugin_id, "source": "stderr"})
 

@@ -82,6 +82,7 @@ class PluginStatus:
     warnings: tuple[str, ...]  # about its plugin.toml: keys ignored that look like typos
     injections: tuple[Injection, ...]  # faults injected through sup.chaos(id), oldest first
     spare_pid: int | None = None  # spare_worker = true: the worker waiting to take over, if one is ready
+    log_lines: int = 0  # lines ever added to its log tail: it grew if this did (see Supervisor.logs_after)
 
 
 SANDBOX_STRICTNESS = ("off", "on", "required")
@@ -180,6 +181,7 @@ class PluginSlot:
             warnings=self.manifest.warnings if self.manifest is not None else (),
             injections=self.chaos.injections,
             spare_pid=self._spare.pid if self._spare is not None and self._spare.alive else None,
+            log_lines=self.log.appended,
         )
 
     # -- lifecycle --------------------------------------------------------------

@@ -23,6 +23,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from worker.schema import schema_from_signature
 from worker.sdk import (
     ENTRY_MARK,
     LIFECYCLE_MARK,
@@ -269,7 +270,7 @@ def _make_entry(attr_name: str, spec: EntrySpec, bound: Callable[..., Any], func
         id=spec.id or attr_name,
         name=spec.name or attr_name,
         description=spec.description,
-        input_schema=spec.input_schema,
+        input_schema=spec.input_schema if spec.input_schema is not None else schema_from_signature(signature),
         timeout=spec.timeout,
         func=bound,
         signature=signature,

@@ -28,6 +28,7 @@ def plugin_summary(status: PluginStatus) -> dict[str, Any]:
         "cpu_time": status.cpu_time,
         "processes": status.processes,
         "spare_pid": status.spare_pid,
+        "log_lines": status.log_lines,
     }
 
 

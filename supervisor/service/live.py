@@ -1,0 +1,133 @@
+"""The live view: one sampler of the plugins' statuses, fanned out to every open event stream.
+
+    GET /v1/events    text/event-stream; each event is `event: plugins` with the
+                      JSON {"service": {...}, "plugins": [plugin rows]} of that moment
+
+A sampler looks at `Supervisor.statuses()` every SAMPLE_INTERVAL and publishes
+a snapshot when something a person watches changed (a state, a pid, a count,
+a log line) or, for the slowly moving figures (uptime, memory), once every
+REFRESH_INTERVAL; a crash therefore reaches the page within a quarter of a
+second. A snapshot is encoded once, whatever the number of streams. A stream
+only ever holds the newest snapshot: a slow client skips states, it never
+makes the service buffer without bound. It also feeds the restart counts to
+the call history, so the charts have them whether or not a page is open.
+
+Browsers cannot put an Authorization header on `EventSource`, and the token
+must never sit in a URL, so the page reads this stream with `fetch()`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from supervisor.service.history import CallHistory
+from supervisor.service.views import plugin_summary
+from supervisor.slot import PluginStatus
+
+logger = logging.getLogger("supervisor.service")
+
+SAMPLE_INTERVAL = 0.25
+REFRESH_INTERVAL = 2.0
+KEEPALIVE_INTERVAL = 15.0  # a comment line, so proxies and the browser see the stream alive
+
+# What a person watches: a change in any of these is published at once.
+WATCHED = ("state", "pid", "restarts", "error", "calls", "failures", "in_flight", "queued", "log_lines", "spare_pid")
+
+
+class LiveFeed:
+    def __init__(
+        self,
+        statuses: Callable[[], list[PluginStatus]],
+        service: Callable[[], dict[str, Any]],
+        history: CallHistory,
+        sample_interval: float = SAMPLE_INTERVAL,
+        refresh_interval: float = REFRESH_INTERVAL,
+    ) -> None:
+        self._statuses = statuses
+        self._service = service
+        self._history = history
+        self.sample_interval = sample_interval
+        self.refresh_interval = refresh_interval
+        self._latest: bytes | None = None
+        self._watched: Any = None
+        self._published_at = -float("inf")
+        self._next = asyncio.Event()  # set, and replaced, at each publication
+        self.closed = False
+
+    def sample(self) -> None:
+        """Look once; publish if something watched changed or the refresh is due."""
+        statuses = self._statuses()
+        for status in statuses:
+            self._history.note_restarts(status.id, status.restarts)
+        rows = [plugin_summary(status) for status in statuses]
+        service = self._service()
+        watched = (service, [tuple(row[key] for key in WATCHED) for row in rows])
+        now = time.monotonic()
+        if watched == self._watched and now - self._published_at < self.refresh_interval:
+            return
+        self._watched, self._published_at = watched, now
+        self._latest = _event("plugins", {"service": service, "plugins": rows})
+        self._wake()
+
+    async def run(self) -> None:
+        failing = False
+        while not self.closed:
+            try:
+                self.sample()
+                failing = False
+            except Exception:
+                # A bug here must not freeze every page silently, nor flood the log.
+                if not failing:
+                    logger.exception("the dashboard's live feed failed to sample the plugins")
+                failing = True
+            await asyncio.sleep(self.sample_interval)  # a sampling period, not a wait for something
+
+    def close(self) -> None:
+        """End every stream (the service is shutting down: they must not hold it open)."""
+        self.closed = True
+        self._wake()
+
+    async def snapshots(self) -> AsyncIterator[bytes | None]:
+        """The newest snapshot now, then each newer one as it comes; None when
+        KEEPALIVE_INTERVAL passed without one. Ends when the feed closes."""
+        if self._latest is None:
+            self.sample()
+        while not self.closed:
+            published = self._next
+            assert self._latest is not None
+            yield self._latest
+            while not published.is_set():
+                try:
+                    async with asyncio.timeout(KEEPALIVE_INTERVAL):
+                        await published.wait()
+                except TimeoutError:
+                    yield None
+
+    def _wake(self) -> None:
+        published, self._next = self._next, asyncio.Event()
+        published.set()
+
+
+def _event(name: str, data: Any) -> bytes:
+    return f"event: {name}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+async def stream_events(request: web.Request, feed: LiveFeed) -> web.StreamResponse:
+    response = web.StreamResponse(headers={
+        "Content-Type": "text/event-stream",
+        "Cache-Control": "no-store",
+        "X-Accel-Buffering": "no",  # a proxy in front must pass each event on at once
+    })
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionResetError):  # the page went away: nothing to answer
+        async for snapshot in feed.snapshots():
+            await response.write(snapshot if snapshot is not None else b": keepalive\n\n")
+    return response
