@@ -16,6 +16,8 @@ from supervisor.service.history import CallHistory
 from supervisor.service.live import LiveFeed
 from worker.schema import DERIVED_COMMENT, schema_from_signature
 
+SENTINEL = object()
+
 
 class FakeClock:
     def __init__(self, now: float = 1000.0) -> None:
@@ -141,9 +143,10 @@ async def test_the_feed_publishes_on_a_watched_change_and_not_for_nothing() -> N
 
 # -- schemas read off signatures -------------------------------------------------------------
 def test_a_signature_becomes_an_object_schema() -> None:
+    # Quoted on purpose: under `from __future__ import annotations` these arrive quoted twice.
     def entry(url: str, retries: int = 3, ratio: float | None = None, verbose: bool = False,
-              tags: list[str] | None = None, options: "dict[str, int] | None" = None,
-              level: "Optional[int]" = 1, anything=object(), **_: Any) -> None: ...
+              tags: list[str] | None = None, options: "dict[str, int] | None" = None,  # noqa: UP037
+              level: "Optional[int]" = 1, anything=SENTINEL, **_: Any) -> None: ...  # noqa: UP037, UP045
 
     schema = schema_from_signature(inspect.signature(entry))
     assert schema == {
@@ -164,7 +167,7 @@ def test_a_signature_becomes_an_object_schema() -> None:
 
 
 def test_a_signature_without_kwargs_closes_the_schema_and_skips_positional_only() -> None:
-    def entry(first: int, /, *, key: "str", when: float = float("inf")) -> None: ...
+    def entry(first: int, /, *, key: "str", when: float = float("inf")) -> None: ...  # noqa: UP037
 
     schema = schema_from_signature(inspect.signature(entry))
     assert schema["properties"] == {"key": {"type": "string"}, "when": {"type": "number"}}  # inf is no JSON default
