@@ -6,10 +6,13 @@
     POST /v1/plugins/{id}/entries/{entry}        body: the arguments object; ?timeout=S
                                                  -> {"ok": true, "value": ...}
     POST /v1/plugins/{id}/restart|stop|start     -> {"ok": true, "plugin": {...}}
-    GET  /v1/plugins/{id}/logs?tail=N            {"plugin": id, "lines": [...]}
+    GET  /v1/plugins/{id}/logs?tail=N[&after=P]  {"plugin": id, "lines": [...], "next": P2, "skipped": K}
+    GET  /v1/plugins/{id}/history                {"plugin": id, "bucket_seconds": 5, "window_buckets": 120, "buckets": [...]}
+    GET  /v1/events                              text/event-stream of snapshots (see live.py)
     GET  /metrics                                Prometheus text (token needed too)
+    GET  /, /static/app.js, /static/app.css      the dashboard (see dashboard.py)
 
-Every route but /livez and /readyz needs `Authorization: Bearer TOKEN`; the
+Every route but /livez, /readyz and the dashboard's files needs `Authorization: Bearer TOKEN`; the
 guard runs before any route, so an unknown path without a token is a 401 too
 and reveals nothing. Handlers stay thin: parse, call the supervisor, answer.
 """
@@ -17,11 +20,12 @@ and reveals nothing. Handlers stay thin: parse, call the supervisor, answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,7 @@ from supervisor import jsonvalue
 from supervisor.errors import PluginError, PluginUnavailable, ResultNotSerializable
 from supervisor.lifecycle import PluginState
 from supervisor.manifest import ID_PATTERN
+from supervisor.service import dashboard
 from supervisor.service.auth import HostPolicy, Token
 from supervisor.service.errors import (
     ServiceError,
@@ -40,11 +45,13 @@ from supervisor.service.errors import (
     plugin_error_response,
     service_error_response,
 )
+from supervisor.service.history import CallHistory
+from supervisor.service.live import LiveFeed, stream_events
 from supervisor.service.metrics import CONTENT_TYPE, ServiceMetrics
 from supervisor.service.views import plugin_detail, plugin_summary
 from supervisor.supervisor import Supervisor
 
-PUBLIC_PATHS = frozenset({"/livez", "/readyz"})
+PUBLIC_PATHS = frozenset({"/livez", "/readyz"}) | dashboard.PATHS
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_MAX_TIMEOUT = 300.0
 DEFAULT_LOG_TAIL = 100
@@ -75,6 +82,8 @@ SUPERVISOR = web.AppKey("supervisor", Supervisor)
 CONFIG = web.AppKey("config", ServiceConfig)
 STATE = web.AppKey("state", ServiceState)
 METRICS = web.AppKey("metrics", ServiceMetrics)
+HISTORY = web.AppKey("history", CallHistory)
+FEED = web.AppKey("feed", LiveFeed)
 
 
 def create_app(sup: Supervisor, config: ServiceConfig, state: ServiceState | None = None) -> web.Application:
@@ -85,7 +94,12 @@ def create_app(sup: Supervisor, config: ServiceConfig, state: ServiceState | Non
     app[SUPERVISOR] = sup
     app[CONFIG] = config
     app[STATE] = state if state is not None else ServiceState()
-    app[METRICS] = ServiceMetrics(lambda: sup.statuses() if sup.started else [])
+    statuses = lambda: sup.statuses() if sup.started else []  # noqa: E731 - one line, three users
+    app[METRICS] = ServiceMetrics(statuses)
+    app[HISTORY] = CallHistory()
+    app[FEED] = LiveFeed(statuses, lambda: _service_view(app[STATE]), app[HISTORY])
+    app.cleanup_ctx.append(_run_feed)
+    app.on_shutdown.append(_close_feed)
     app.router.add_get("/livez", livez)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -96,7 +110,27 @@ def create_app(sup: Supervisor, config: ServiceConfig, state: ServiceState | Non
     app.router.add_post("/v1/plugins/{plugin}/stop", stop_plugin)
     app.router.add_post("/v1/plugins/{plugin}/start", start_plugin)
     app.router.add_get("/v1/plugins/{plugin}/logs", plugin_logs)
+    app.router.add_get("/v1/plugins/{plugin}/history", plugin_history)
+    app.router.add_get("/v1/events", events)
+    dashboard.add_routes(app)
     return app
+
+
+async def _run_feed(app: web.Application) -> AsyncIterator[None]:
+    sampler = asyncio.create_task(app[FEED].run(), name="neko-live-feed")
+    yield
+    sampler.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sampler
+
+
+async def _close_feed(app: web.Application) -> None:
+    # Before aiohttp waits for handlers to finish: open event streams end now.
+    app[FEED].close()
+
+
+def _service_view(state: ServiceState) -> dict[str, Any]:
+    return {"ready": state.ready, "stopping": state.stopping}
 
 
 # -- middlewares ----------------------------------------------------------------
@@ -188,7 +222,9 @@ async def call_entry(request: web.Request) -> web.Response:
         # Only entries the plugin declared become label values: a caller must not
         # be able to grow the series without bound (a stopped plugin, random names).
         if outcome != "not_found" and any(entry.id == entry_id for entry in sup.status(plugin_id).entries):
-            metrics_.observe_call(plugin_id, entry_id, outcome, time.perf_counter() - began)
+            seconds = time.perf_counter() - began
+            metrics_.observe_call(plugin_id, entry_id, outcome, seconds)
+            request.app[HISTORY].record_call(plugin_id, seconds, failed=outcome != "ok")
     return web.Response(text=text, content_type="application/json")
 
 
@@ -213,9 +249,32 @@ async def stop_plugin(request: web.Request) -> web.Response:
 
 
 async def plugin_logs(request: web.Request) -> web.Response:
+    """The last `tail` lines; with `after` (a former answer's `next`), only the
+    lines added since, of which `skipped` did not fit in `tail` or were dropped."""
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
     tail = _int_query(request, "tail", DEFAULT_LOG_TAIL)
-    return json_response({"plugin": plugin_id, "lines": sup.logs(plugin_id, tail)})
+    after = _int_query(request, "after", -1)
+    position = sup.status(plugin_id).log_lines
+    if after < 0:
+        lines, skipped = sup.logs(plugin_id, tail), 0
+    else:
+        lines, skipped = sup.logs_after(plugin_id, after, tail)
+    return json_response({"plugin": plugin_id, "lines": lines, "next": position, "skipped": skipped})
+
+
+async def plugin_history(request: web.Request) -> web.Response:
+    sup, history, plugin_id = request.app[SUPERVISOR], request.app[HISTORY], _plugin_id(request)
+    sup.status(plugin_id)  # an unknown plugin is a 404, not an empty chart
+    return json_response({
+        "plugin": plugin_id,
+        "bucket_seconds": history.bucket_seconds,
+        "window_buckets": history.kept,  # the chart's width; fewer buckets while the service is young
+        "buckets": history.series(plugin_id),
+    })
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    return await stream_events(request, request.app[FEED])
 
 
 # -- request parsing ---------------------------------------------------------------
@@ -264,7 +323,7 @@ def _int_query(request: web.Request, name: str, default: int) -> int:
     text = request.query.get(name)
     if text is None:
         return default
-    if not (text.isascii() and text.isdigit()) or len(text) > 9:  # isdigit() alone takes "²"
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # isdigit() alone takes "²"
         raise ServiceError(400, "InvalidArguments", f"{name} must be a whole number >= 0, got {text[:40]!r}")
     return int(text)
 
