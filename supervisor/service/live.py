@@ -62,8 +62,8 @@ class LiveFeed:
         self._next = asyncio.Event()  # set, and replaced, at each publication
         self.closed = False
 
-    def sample(self) -> None:
-        """Look once; publish if something watched changed or the refresh is due."""
+    def sample(self, force: bool = False) -> None:
+        """Look once; publish if something watched changed, the refresh is due, or `force`."""
         statuses = self._statuses()
         for status in statuses:
             self._history.note_restarts(status.id, status.restarts)
@@ -71,7 +71,7 @@ class LiveFeed:
         service = self._service()
         watched = (service, [tuple(row[key] for key in WATCHED) for row in rows])
         now = time.monotonic()
-        if watched == self._watched and now - self._published_at < self.refresh_interval:
+        if not force and watched == self._watched and now - self._published_at < self.refresh_interval:
             return
         self._watched, self._published_at = watched, now
         self._latest = _event("plugins", {"service": service, "plugins": rows})
@@ -91,7 +91,12 @@ class LiveFeed:
             await asyncio.sleep(self.sample_interval)  # a sampling period, not a wait for something
 
     def close(self) -> None:
-        """End every stream (the service is shutting down: they must not hold it open)."""
+        """End every stream (the service is shutting down: they must not hold it open),
+        each after one last snapshot: the page shows the service stopping, not a stale view."""
+        try:
+            self.sample(force=True)
+        except Exception:
+            logger.exception("the dashboard's live feed failed to sample the plugins")
         self.closed = True
         self._wake()
 
@@ -99,11 +104,15 @@ class LiveFeed:
         """The newest snapshot now, then each newer one as it comes; None when
         KEEPALIVE_INTERVAL passed without one. Ends when the feed closes."""
         if self._latest is None:
-            self.sample()
-        while not self.closed:
+            self.sample(force=True)
+        while True:
             published = self._next
             assert self._latest is not None
             yield self._latest
+            if published.is_set():
+                continue  # a newer one came while that one was being written
+            if self.closed:
+                return
             while not published.is_set():
                 try:
                     async with asyncio.timeout(KEEPALIVE_INTERVAL):

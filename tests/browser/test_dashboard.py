@@ -17,7 +17,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +41,7 @@ CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
 ]
+NO_VALUE = "\u2013"  # what the table shows for "none" (an en dash)
 WAIT_MS = 15_000  # the longest any expectation waits: a loaded CI machine, never a fixed pause
 
 FORMS = """
@@ -146,15 +147,27 @@ class Page:
         return [text for text in self.problems if not (text.startswith("Failed to load resource") and any(a in text for a in allowed))]
 
 
-def open_page(browser: Any, served: Served, **context_options: Any) -> Page:
-    context = browser.new_context(**context_options)
-    context.set_default_timeout(WAIT_MS)
-    page = context.new_page()
-    problems: list[str] = []
-    page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
-    page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
-    page.goto(served.url + "/")
-    return Page(page, problems)
+@pytest.fixture
+def open_page(browser: Any, served: Served) -> Iterator[Callable[..., Page]]:
+    """`open_page(**context_options)`: the dashboard in a new browser context (closed after the test)."""
+    contexts: list[Any] = []
+
+    def open_(blocked: str | None = None, **context_options: Any) -> Page:
+        context = browser.new_context(**context_options)
+        contexts.append(context)
+        context.set_default_timeout(WAIT_MS)
+        if blocked is not None:  # as a proxy that cuts this path would
+            context.route(blocked, lambda route: route.abort())
+        page = context.new_page()
+        problems: list[str] = []
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        page.on("pageerror", lambda error: problems.append(f"uncaught: {error}"))
+        page.goto(served.url + "/")
+        return Page(page, problems)
+
+    yield open_
+    for context in contexts:
+        context.close()
 
 
 def sign_in(page: Any, token: str = TOKEN) -> None:
@@ -170,8 +183,8 @@ def cell(page: Any, plugin: str, column: str) -> Any:
     return row(page, plugin).locator(f'td[data-col="{column}"]')
 
 
-def test_see_every_plugin_crash_one_restart_one_and_read_its_log(browser: Any, served: Served) -> None:
-    view = open_page(browser, served, viewport={"width": 1280, "height": 900})
+def test_see_every_plugin_crash_one_restart_one_and_read_its_log(open_page: Callable[..., Page]) -> None:
+    view = open_page(viewport={"width": 1280, "height": 900})
     page = view.page
     sign_in(page)
     for plugin in ("echo", "crash", "forms"):
@@ -196,6 +209,7 @@ def test_see_every_plugin_crash_one_restart_one_and_read_its_log(browser: Any, s
     page.click('#detail button[data-action="restart"]')
     expect(page.locator("#action-result")).to_contain_text("restart: running (pid")
     expect(cell(page, "crash", "pid")).not_to_have_text(pid_before)
+    assert cell(page, "crash", "pid").inner_text().isdigit()
 
     # Its log tail, live: the crash and both new workers.
     log = page.locator("#log")
@@ -212,8 +226,8 @@ def test_see_every_plugin_crash_one_restart_one_and_read_its_log(browser: Any, s
     assert view.unexpected(502) == []
 
 
-def test_a_form_from_a_declared_schema_calls_the_entry_and_shows_markup_as_text(browser: Any, served: Served) -> None:
-    view = open_page(browser, served)
+def test_a_form_from_a_declared_schema_calls_the_entry_and_shows_markup_as_text(open_page: Callable[..., Page]) -> None:
+    view = open_page()
     page = view.page
     sign_in(page)
     row(page, "forms").click()
@@ -240,8 +254,8 @@ def test_a_form_from_a_declared_schema_calls_the_entry_and_shows_markup_as_text(
     assert view.unexpected() == []
 
 
-def test_a_wrong_token_shows_an_error_and_no_data(browser: Any, served: Served) -> None:
-    view = open_page(browser, served)
+def test_a_wrong_token_shows_an_error_and_no_data(open_page: Callable[..., Page]) -> None:
+    view = open_page()
     page = view.page
     sign_in(page, "not-the-token-" + "q" * 20)
     expect(page.locator("#login-error")).to_contain_text("refused this token")
@@ -254,8 +268,8 @@ def test_a_wrong_token_shows_an_error_and_no_data(browser: Any, served: Served) 
     expect(cell(page, "echo", "state")).to_have_text("running")
 
 
-def test_it_fits_a_phone_in_the_dark_theme(browser: Any, served: Served) -> None:
-    view = open_page(browser, served, viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True)
+def test_it_fits_a_phone_in_the_dark_theme(open_page: Callable[..., Page]) -> None:
+    view = open_page(viewport={"width": 390, "height": 844}, color_scheme="dark", is_mobile=True)
     page = view.page
     sign_in(page)
     expect(cell(page, "echo", "state")).to_have_text("running")
@@ -271,3 +285,39 @@ def test_it_fits_a_phone_in_the_dark_theme(browser: Any, served: Served) -> None
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / "dashboard-phone-dark.png", full_page=True)
     assert view.unexpected() == []
+
+
+def test_stop_and_start_buttons(open_page: Callable[..., Page]) -> None:
+    view = open_page()
+    page = view.page
+    sign_in(page)
+    row(page, "echo").click()
+    page.click('#detail button[data-action="stop"]')
+    expect(page.locator("#action-result")).to_have_text("stop: stopped")
+    expect(cell(page, "echo", "state")).to_have_text("stopped")
+    expect(cell(page, "echo", "pid")).to_have_text(NO_VALUE)
+    expect(page.locator("#detail-state")).to_have_text("stopped")
+    page.click('#detail button[data-action="start"]')
+    expect(page.locator("#action-result")).to_contain_text("start: running (pid")
+    expect(cell(page, "echo", "state")).to_have_text("running")
+    form = page.locator('.entry[data-entry="echo"]')
+    form.locator("textarea[name=value], input[name=value]").fill('"after a stop and a start"')
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".outcome.ok")).to_contain_text("after a stop and a start")
+    assert view.unexpected() == []
+
+
+def test_without_the_event_stream_the_page_polls_and_still_shows_a_crash(open_page: Callable[..., Page], served: Served) -> None:
+    view = open_page(blocked="**/v1/events")
+    page = view.page
+    sign_in(page)
+    expect(page.locator("#connection")).to_have_text("polling")
+    expect(cell(page, "crash", "state")).to_have_text("running")
+    restarts = int(cell(page, "crash", "restarts").inner_text())
+    row(page, "crash").click()
+    form = page.locator('.entry[data-entry="crash_async"]')
+    form.locator("button[type=submit]").click()
+    expect(form.locator(".outcome.failed")).to_contain_text("WorkerCrashed")
+    expect(cell(page, "crash", "restarts")).to_have_text(str(restarts + 1))
+    # Only the blocked stream's own failures, reported by the browser, and the provoked 502.
+    assert [text for text in view.unexpected(502) if "ERR_FAILED" not in text] == []

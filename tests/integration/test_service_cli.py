@@ -19,6 +19,7 @@ import aiohttp
 import psutil
 import pytest
 
+from supervisor.service.serve import HTTP_SHUTDOWN_GRACE
 from tests.conftest import FAULT_PLUGINS, ROOT, copy_plugins, pid_alive
 from tests.integration.helpers import text_of, wait_for
 
@@ -256,3 +257,26 @@ async def test_a_signal_during_start_up_stops_cleanly(tmp_path: Path, cleanup: l
     assert "ready" not in rest
     log = text_of(tmp_path / "serve.stderr")
     assert "SIGINT: stopping every plugin" in log and "Traceback" not in log
+
+
+async def test_an_open_event_stream_sees_the_stop_and_does_not_hold_the_exit(plugins: Path, tmp_path: Path, cleanup: list[Any]) -> None:
+    """A dashboard left open must not keep the service alive: the stream says
+    `stopping`, then ends when the plugins are stopped, not at the end of
+    aiohttp's grace for unfinished answers."""
+    served = await start_serving(plugins, tmp_path, env={"NEKO_SUPERVISOR_TOKEN": TOKEN})
+    cleanup.append(served.process)
+    loop = asyncio.get_running_loop()
+    async with aiohttp.ClientSession() as session, session.get(
+        served.url + "/v1/events", headers=served.auth, timeout=aiohttp.ClientTimeout(total=30)
+    ) as response:
+        assert response.status == 200
+        first = await response.content.readuntil(b"\n\n")
+        assert b'"stopping":false' in first
+        served.process.send_signal(signal.SIGTERM)
+        signalled = loop.time()
+        rest = await response.content.read()  # to the stream's end
+        ended = loop.time() - signalled
+    assert b'"stopping":true' in rest
+    assert ended < HTTP_SHUTDOWN_GRACE, f"the stream ended {ended:.1f} s after SIGTERM: it waited for the grace"
+    async with asyncio.timeout(20):
+        assert await served.process.wait() == 0

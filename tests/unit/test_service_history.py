@@ -137,8 +137,10 @@ async def test_the_feed_publishes_on_a_watched_change_and_not_for_nothing() -> N
     assert snapshot is not None and b'"stopping":true' in snapshot
     closing = asyncio.ensure_future(anext(stream))
     feed.close()
+    last = await asyncio.wait_for(closing, 5)  # one last look though nothing changed, then the end
+    assert last is not None and last.startswith(b"event: plugins\n")
     with pytest.raises(StopAsyncIteration):
-        await asyncio.wait_for(closing, 5)
+        await asyncio.wait_for(anext(stream), 5)
 
 
 # -- schemas read off signatures -------------------------------------------------------------

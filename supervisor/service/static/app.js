@@ -443,11 +443,14 @@ function drawChart(history) {
   // Time runs right to left from now over the whole window; a young service fills only its right end.
   const step = width / Math.max(history.window_buckets - 1, 1);
   const x = (i) => width - (buckets.length - 1 - i) * step;
+  // A log scale: a 1 ms mean and a 100 ms worst case both stay readable.
+  const floor = 0.05;
   const peak = Math.max(1, ...buckets.map((b) => b.max_ms || 0));
-  const y = (ms) => height - ((height - top) * ms) / peak;
+  const span = Math.log10(peak) - Math.log10(floor);
+  const y = (ms) => height - ((height - top) * (Math.log10(Math.max(ms, floor)) - Math.log10(floor))) / span;
   const parts = [];
-  for (const fraction of [0.5, 1]) {
-    parts.push(svgElement("line", { class: "grid", x1: 0, x2: width, y1: y(peak * fraction), y2: y(peak * fraction) }));
+  for (const ms of [0.1, 1, 10, 100, 1000, 10000, 100000]) {
+    if (ms <= peak) parts.push(svgElement("line", { class: "grid", x1: 0, x2: width, y1: y(ms), y2: y(ms) }));
   }
   const line = (key, className) => {
     const points = [];
@@ -466,15 +469,16 @@ function drawChart(history) {
     failures += bucket.failures;
     const at = Math.min(Math.max(x(i), 1), width - 1);
     if (bucket.restarts) parts.push(svgElement("line", { class: "restart", x1: at, x2: at, y1: 0, y2: height }));
-    if (bucket.failures) parts.push(svgElement("circle", { class: "failure", cx: at, cy: height - 4, r: 3 }));
+    // A zero-length line with a round cap: a dot the stretched viewBox does not squash.
+    if (bucket.failures) parts.push(svgElement("line", { class: "failure", x1: at, x2: at, y1: height - 4, y2: height - 4 }));
   });
   svg.replaceChildren(...parts);
   svg.dataset.calls = calls;
   svg.dataset.restarts = restarts;
   const minutes = Math.round((history.window_buckets * history.bucket_seconds) / 60);
   $("#chart-caption").textContent =
-    `Last ${minutes} min: ${calls} calls through the API, ${failures} failed (red dots), ${restarts} restarts (red lines). ` +
-    `Mean latency (dark) and max (light) per ${history.bucket_seconds} s; top of the chart ${peak.toFixed(1)} ms.`;
+    `Last ${minutes} min: ${calls} calls through the API, ${failures} answered with an error (red dots), ${restarts} restarts (red lines). ` +
+    `Mean latency (dark) and max (light) per ${history.bucket_seconds} s, log scale (a line per power of ten ms); top ${peak.toFixed(1)} ms.`;
 }
 
 // -- entries: a form built from each entry's input schema ---------------------------------
