@@ -7,7 +7,8 @@ A sampler looks at `Supervisor.statuses()` every SAMPLE_INTERVAL and publishes
 a snapshot when something a person watches changed (a state, a pid, a count,
 a log line) or, for the slowly moving figures (uptime, memory), once every
 REFRESH_INTERVAL; a crash therefore reaches the page within a quarter of a
-second. A snapshot is encoded once, whatever the number of streams. A stream
+second. A snapshot is encoded once, whatever the number of streams, and not
+at all while none is open. A stream
 only ever holds the newest snapshot: a slow client skips states, it never
 makes the service buffer without bound. It also feeds the restart counts to
 the call history, so the charts have them whether or not a page is open.
@@ -23,7 +24,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -60,6 +61,7 @@ class LiveFeed:
         self._watched: Any = None
         self._published_at = -float("inf")
         self._next = asyncio.Event()  # set, and replaced, at each publication
+        self._streams = 0  # open streams: with none, a look only feeds the history
         self.closed = False
 
     def sample(self, force: bool = False) -> None:
@@ -67,6 +69,9 @@ class LiveFeed:
         statuses = self._statuses()
         for status in statuses:
             self._history.note_restarts(status.id, status.restarts)
+        if not (force or self._streams):
+            self._latest = None  # nobody watches: no snapshot to build, and the next stream takes a fresh one
+            return
         rows = [plugin_summary(status) for status in statuses]
         service = self._service()
         watched = (service, [tuple(row[key] for key in WATCHED) for row in rows])
@@ -100,25 +105,29 @@ class LiveFeed:
         self.closed = True
         self._wake()
 
-    async def snapshots(self) -> AsyncIterator[bytes | None]:
+    async def snapshots(self) -> AsyncGenerator[bytes | None, None]:
         """The newest snapshot now, then each newer one as it comes; None when
         KEEPALIVE_INTERVAL passed without one. Ends when the feed closes."""
-        if self._latest is None:
-            self.sample(force=True)
-        while True:
-            published = self._next
-            assert self._latest is not None
-            yield self._latest
-            if published.is_set():
-                continue  # a newer one came while that one was being written
-            if self.closed:
-                return
-            while not published.is_set():
-                try:
-                    async with asyncio.timeout(KEEPALIVE_INTERVAL):
-                        await published.wait()
-                except TimeoutError:
-                    yield None
+        self._streams += 1
+        try:
+            if self._latest is None:
+                self.sample(force=True)
+            while True:
+                published = self._next
+                assert self._latest is not None
+                yield self._latest
+                if published.is_set():
+                    continue  # a newer one came while that one was being written
+                if self.closed:
+                    return
+                while not published.is_set():
+                    try:
+                        async with asyncio.timeout(KEEPALIVE_INTERVAL):
+                            await published.wait()
+                    except TimeoutError:
+                        yield None
+        finally:
+            self._streams -= 1
 
     def _wake(self) -> None:
         published, self._next = self._next, asyncio.Event()
@@ -136,7 +145,9 @@ async def stream_events(request: web.Request, feed: LiveFeed) -> web.StreamRespo
         "X-Accel-Buffering": "no",  # a proxy in front must pass each event on at once
     })
     await response.prepare(request)
+    # aclosing: a page that goes away stops counting as a watcher at once, not at garbage collection.
     with contextlib.suppress(ConnectionResetError):  # the page went away: nothing to answer
-        async for snapshot in feed.snapshots():
-            await response.write(snapshot if snapshot is not None else b": keepalive\n\n")
+        async with contextlib.aclosing(feed.snapshots()) as snapshots:
+            async for snapshot in snapshots:
+                await response.write(snapshot if snapshot is not None else b": keepalive\n\n")
     return response

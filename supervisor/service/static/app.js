@@ -101,7 +101,10 @@ async function signIn(token) {
   try {
     listing = await api("GET", "/v1/plugins");
   } catch (error) {
-    if (error.status !== 401) {
+    if (error.type === "ServiceStarting") {
+      showLogin("The service is still discovering its plugins; trying again…");
+      setTimeout(() => signIn(token), POLL_MS);
+    } else if (error.status !== 401) {
       app.token = null;
       showLogin(`Cannot open the dashboard: ${error.message}`);
     }
