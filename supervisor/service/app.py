@@ -10,7 +10,7 @@
     GET  /v1/plugins/{id}/history                {"plugin": id, "bucket_seconds": 5, "window_buckets": 120, "buckets": [...]}
     GET  /v1/events                              text/event-stream of snapshots (see live.py)
     GET  /metrics                                Prometheus text (token needed too)
-    GET  /, /static/app.js, /static/app.css      the dashboard (see dashboard.py)
+    GET  /, /static/*.js, /static/app.css        the dashboard (see dashboard.py)
 
 Every route but /livez, /readyz and the dashboard's files needs `Authorization: Bearer TOKEN`; the
 guard runs before any route, so an unknown path without a token is a 401 too
@@ -162,7 +162,8 @@ async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
     config, state = request.app[CONFIG], request.app[STATE]
     if not config.hosts.allows(request.headers.get("Host")):
         raise ServiceError(421, "HostNotAllowed", "this service does not answer to that Host name")
-    if request.path not in PUBLIC_PATHS:
+    # The raw path, as the router matches it: "/static%2Fapp.js" is no public file.
+    if request.rel_url.raw_path not in PUBLIC_PATHS:
         if not config.token.matches(request.headers.get("Authorization")):
             raise ServiceError(401, "Unauthorized", "missing or wrong API token", {"WWW-Authenticate": 'Bearer realm="neko-supervisor"'})
         if not request.app[SUPERVISOR].started:

@@ -1,7 +1,7 @@
 """The dashboard's files: one page and its script and style, shipped in the package.
 
     GET /                  index.html
-    GET /static/{name}     app.js, app.css
+    GET /static/{name}     app.js (imports chart.js, forms.js), app.css
 
 These paths need no token (the page asks for it, then sends it as a bearer
 header on every API request it makes). Nothing else is served from disk: the
@@ -19,7 +19,13 @@ from importlib import resources
 from aiohttp import web
 
 CONTENT_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
-FILES = {"/": "index.html", "/static/app.js": "app.js", "/static/app.css": "app.css"}
+FILES = {
+    "/": "index.html",
+    "/static/app.js": "app.js",
+    "/static/chart.js": "chart.js",
+    "/static/forms.js": "forms.js",
+    "/static/app.css": "app.css",
+}
 PATHS = frozenset(FILES)
 HEADERS = {
     "Content-Security-Policy": (

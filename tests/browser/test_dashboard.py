@@ -87,12 +87,29 @@ def _read_lines(stream: Any, into: queue.Queue[str | None]) -> None:
     into.put(None)
 
 
+CHATTY = """
+    import logging
+
+    from worker.sdk import NekoPluginBase, neko_plugin, timer_interval
+
+    @neko_plugin
+    class Chatty(NekoPluginBase):
+        count = 0
+
+        @timer_interval(id="tick", seconds=0.02)
+        def tick(self):
+            self.count += 1
+            logging.getLogger("chatty").warning("tick %d", self.count)
+"""
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
-    """`neko-supervisor serve` as an operator starts it, with echo, crash and forms."""
+    """`neko-supervisor serve` as an operator starts it, with echo, crash, forms and chatty."""
     root = tmp_path_factory.mktemp("dashboard")
     plugins = copy_plugins(FAULT_PLUGINS, root / "plugins", ["echo", "crash"])
     make_plugin(plugins, "forms", {"__init__.py": FORMS}, entry="forms:Forms")
+    make_plugin(plugins, "chatty", {"__init__.py": CHATTY}, entry="chatty:Chatty")
     with open(root / "serve.stderr", "w") as stderr:  # the child keeps its own copy
         process = subprocess.Popen(
             [sys.executable, "-m", "supervisor", "serve", str(plugins), "--port", "0", "--no-access-log"],
@@ -187,7 +204,7 @@ def test_see_every_plugin_crash_one_restart_one_and_read_its_log(open_page: Call
     view = open_page(viewport={"width": 1280, "height": 900})
     page = view.page
     sign_in(page)
-    for plugin in ("echo", "crash", "forms"):
+    for plugin in ("echo", "crash", "forms", "chatty"):
         expect(cell(page, plugin, "state")).to_have_text("running")
     expect(page.locator("#connection")).to_have_text("live")
     assert page.evaluate("sessionStorage.getItem('neko-supervisor-token')") == TOKEN
@@ -321,3 +338,43 @@ def test_without_the_event_stream_the_page_polls_and_still_shows_a_crash(open_pa
     expect(cell(page, "crash", "restarts")).to_have_text(str(restarts + 1))
     # Only the blocked stream's own failures, reported by the browser, and the provoked 502.
     assert [text for text in view.unexpected(502) if "ERR_FAILED" not in text] == []
+
+
+def test_a_chatty_log_is_followed_live_without_flooding_the_service(open_page: Callable[..., Page]) -> None:
+    view = open_page()
+    page = view.page
+    log_requests: list[str] = []
+    page.on("request", lambda request: log_requests.append(request.url) if "/logs" in request.url else None)
+    sign_in(page)
+    row(page, "chatty").click()
+    expect(page.locator("#log")).to_contain_text("tick")
+    seen = max(int(number) for number in re.findall(r"tick (\d+)", page.locator("#log").inner_text()))
+    asked = len(log_requests)
+    expect(page.locator("#log")).to_contain_text(f"tick {seen + 60}\n")  # >= 1.2 s of new lines, appended live
+    # At most one request per snapshot (4 a second), not one per answer: a tight loop made ~25 a second.
+    assert len(log_requests) - asked <= 15, log_requests
+    assert all("after=" in url for url in log_requests[asked:])
+    text = page.locator("#log").inner_text()
+    numbers = [int(number) for number in re.findall(r"tick (\d+)", text)]
+    assert numbers == sorted(numbers) and len(numbers) == len(set(numbers))  # in order, none twice
+    assert view.unexpected() == []
+
+
+def test_sign_out_forgets_the_token_and_the_theme_button_sticks(open_page: Callable[..., Page]) -> None:
+    view = open_page(color_scheme="light")
+    page = view.page
+    sign_in(page)
+    expect(cell(page, "echo", "state")).to_have_text("running")
+    page.click("#theme")
+    expect(page.locator("#theme")).to_have_text("Theme: dark")
+    assert page.evaluate("document.documentElement.dataset.theme") == "dark"
+    page.reload()  # the same tab: the token and the theme are still there
+    expect(cell(page, "echo", "state")).to_have_text("running")
+    expect(page.locator("#theme")).to_have_text("Theme: dark")
+    page.click("#sign-out")
+    expect(page.locator("#login")).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(0)
+    assert page.evaluate("sessionStorage.getItem('neko-supervisor-token')") is None
+    page.reload()
+    expect(page.locator("#login")).to_be_visible()  # nothing left to sign in with
+    assert view.unexpected() == []

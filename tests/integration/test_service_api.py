@@ -413,7 +413,7 @@ async def test_every_route_but_the_health_checks_needs_the_token(make_service: C
     guarded = [route for route in routes if route[1] not in PUBLIC_PATHS and route[0] != "HEAD"]
     assert len(guarded) >= 8
     assert checked == len(guarded) * len(bad_headers)
-    assert {"/livez", "/readyz", "/", "/static/app.js", "/static/app.css"} == PUBLIC_PATHS
+    assert {"/livez", "/readyz", "/", "/static/app.js", "/static/chart.js", "/static/forms.js", "/static/app.css"} == PUBLIC_PATHS
     assert service.sup.status("echo").calls == 0
     # An unknown path says nothing either before the token.
     status, body = await service.get("/v1/secret-admin", headers=None)

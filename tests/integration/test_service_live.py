@@ -53,7 +53,9 @@ async def events(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, An
 
 async def test_the_page_and_its_files_need_no_token_and_forbid_foreign_code(service: Any) -> None:
     client, _, _ = service
-    for path, kind in [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/app.css", "text/css")]:
+    files = [("/", "text/html"), ("/static/app.js", "text/javascript"), ("/static/chart.js", "text/javascript"),
+             ("/static/forms.js", "text/javascript"), ("/static/app.css", "text/css")]
+    for path, kind in files:
         async with client.get(path) as response:
             assert response.status == 200, path
             assert response.content_type == kind
@@ -66,7 +68,7 @@ async def test_the_page_and_its_files_need_no_token_and_forbid_foreign_code(serv
         page = await response.text()
     assert '<script type="module" src="/static/app.js"></script>' in page and "http" not in page.split("<body>")[0].replace("http-equiv", "")
     # Only the listed files: no path reaches the disk, and before the token nothing is told.
-    for path in ["/static/../app.py", "/static/app.py", "/static/", "/index.html"]:
+    for path in ["/static/../app.py", "/static/app.py", "/static/", "/index.html", "/static%2Fapp.js"]:
         async with client.get(path) as response:
             assert response.status == 401, path
         async with client.get(path, headers=AUTH) as response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 import pytest
 from hypothesis import given, settings
@@ -166,6 +166,14 @@ def test_a_signature_becomes_an_object_schema() -> None:
         "required": ["url"],
         "$comment": DERIVED_COMMENT,
     }
+
+
+def test_a_literal_becomes_an_enum() -> None:
+    def entry(unit: Literal["C", "F"] = "C", mode: Literal[1, 2] | None = None) -> None: ...
+
+    entry.__annotations__.update(unit=Literal["C", "F"], mode=Literal[1, 2] | None)  # objects, not this module's text
+    schema = schema_from_signature(inspect.signature(entry))
+    assert schema["properties"] == {"unit": {"enum": ["C", "F"], "default": "C"}, "mode": {"enum": [1, 2]}}
 
 
 def test_a_signature_without_kwargs_closes_the_schema_and_skips_positional_only() -> None:

@@ -1,17 +1,24 @@
-// neko-supervisor dashboard: plain JavaScript, no build step, nothing from elsewhere.
+// neko-supervisor dashboard: plain JavaScript modules, no build step, nothing from elsewhere.
 //
 // Talks to this service's /v1 API with the token as a bearer header (kept in
 // sessionStorage: this tab only). Live state comes from GET /v1/events, read
 // with fetch() because EventSource cannot send a header; when that stream
-// cannot be had, GET /v1/plugins is polled every second until it can.
-// Everything a plugin or a worker wrote (names, log lines, results, errors)
-// is put on the page as text, never as markup.
+// cannot be had, or goes quiet, GET /v1/plugins is polled every second until
+// it comes back. Everything a plugin or a worker wrote (names, log lines,
+// results, errors) is put on the page as text, never as markup.
+
+import { drawChart } from "./chart.js";
+import { entryForm } from "./forms.js";
 
 const TOKEN_KEY = "neko-supervisor-token";
 const THEME_KEY = "neko-supervisor-theme";
 const LOG_LINES_SHOWN = 500;
 const POLL_MS = 1000;
 const STREAM_RETRY_MS = [1000, 2000, 5000, 10000];
+// The service sends a snapshot at least every 2 s to an open stream: silence past
+// this means a stalled connection or a buffering proxy, not a quiet service.
+const STREAM_SILENCE_MS = 6000;
+const NO_VALUE = "–";
 
 const $ = (selector) => document.querySelector(selector);
 
@@ -20,8 +27,9 @@ const app = {
   plugins: new Map(),       // id -> the row of the last snapshot
   rows: new Map(),          // id -> <tr>
   selected: null,           // id of the plugin whose panel is open
-  detail: null,             // GET /v1/plugins/{id} of the selected plugin
-  detailPid: undefined,     // the worker the entries were read from
+  panel: 0,                 // bumped whenever the panel changes plugin: older answers are dropped
+  entries: null,            // JSON of the entries the forms were built from
+  entriesPid: undefined,    // the worker they were read from
   logPosition: null,        // `next` of the last log answer
   logBusy: false,
   chartAt: 0,
@@ -71,6 +79,8 @@ async function api(method, path, body) {
   return data;
 }
 
+const pluginPath = (id, rest = "") => `/v1/plugins/${encodeURIComponent(id)}${rest}`;
+
 // -- sign in and out ---------------------------------------------------------------
 function showLogin(message) {
   $("#login").hidden = false;
@@ -96,6 +106,11 @@ function signOut(message) {
 }
 
 async function signIn(token) {
+  // A header carries printable ASCII only; anything else is a paste gone wrong, not a dead service.
+  if (!/^[\x21-\x7e]+$/.test(token)) {
+    showLogin("That token has characters no token has (only printable ASCII, no spaces): check what was pasted.");
+    return;
+  }
   app.token = token;
   let listing;
   try {
@@ -137,28 +152,36 @@ async function startStream() {
   stopLive();
   const controller = new AbortController();
   app.stream = controller;
-  let response;
+  // A watchdog: no headers, or no bytes, for STREAM_SILENCE_MS and the stream is given up.
+  let watchdog = setTimeout(() => controller.abort(), STREAM_SILENCE_MS);
+  const heard = () => {
+    clearTimeout(watchdog);
+    watchdog = setTimeout(() => controller.abort(), STREAM_SILENCE_MS);
+  };
   try {
-    response = await fetch("/v1/events", {
+    const response = await fetch("/v1/events", {
       headers: { Authorization: `Bearer ${app.token}`, Accept: "text/event-stream" },
       cache: "no-store",
       signal: controller.signal,
     });
-  } catch (error) {
-    if (controller.signal.aborted) return;
-    return streamLost(controller);
-  }
-  if (response.status === 401) return signOut("The service refused this token (401 Unauthorized).");
-  if (!response.ok || !response.body) return streamLost(controller);
-  app.streamFailures = 0;
-  setConnection("live", "live");
-  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-  let buffer = "";
-  try {
+    if (response.status === 401) {
+      clearTimeout(watchdog);
+      signOut("The service refused this token (401 Unauthorized).");
+      return;
+    }
+    if (!response.ok || !response.body) throw new Error(`HTTP ${response.status}`);
+    heard();
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
     for (;;) {
       const { value, done } = await reader.read();
       if (done) break;
-      buffer += value;
+      heard();
+      if (app.streamFailures || $("#connection").dataset.state !== "live") {
+        app.streamFailures = 0;
+        setConnection("live", "live");
+      }
+      buffer += value.replace(/\r\n?/g, "\n"); // a proxy may rewrite the line ends
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
         handleEvent(buffer.slice(0, cut));
@@ -166,9 +189,10 @@ async function startStream() {
       }
     }
   } catch (error) {
-    if (controller.signal.aborted) return;
+    // Aborted (by us or the watchdog), refused, cut, or a snapshot that would not parse.
   }
-  if (!controller.signal.aborted) streamLost(controller);
+  clearTimeout(watchdog);
+  streamLost(controller);
 }
 
 function handleEvent(block) {
@@ -181,9 +205,9 @@ function handleEvent(block) {
   if (name === "plugins" && data.length) render(JSON.parse(data.join("\n")));
 }
 
-// The stream ended or could not be had: poll until it comes back.
+// The stream ended, stalled or could not be had: poll until it comes back.
 function streamLost(controller) {
-  if (app.stream !== controller || !app.token) return;
+  if (app.stream !== controller || !app.token) return; // replaced, or signed out
   app.stream = null;
   const wait = STREAM_RETRY_MS[Math.min(app.streamFailures, STREAM_RETRY_MS.length - 1)];
   app.streamFailures += 1;
@@ -195,6 +219,7 @@ function streamLost(controller) {
     try {
       const listing = await api("GET", "/v1/plugins");
       render({ plugins: listing.plugins, service: null });
+      setConnection("polling", "polling");
     } catch (error) {
       if (error.status === 401) return;
       setConnection("error", "service unreachable");
@@ -209,10 +234,10 @@ function render(snapshot) {
   if (snapshot.service) {
     const banner = $("#service-banner");
     if (snapshot.service.stopping) {
-      banner.textContent = "The service is shutting down: its plugins are being stopped.";
+      setText(banner, "The service is shutting down: its plugins are being stopped.");
       setConnection("stopping", "stopping");
     } else if (!snapshot.service.ready) {
-      banner.textContent = "The service is still starting its plugins.";
+      setText(banner, "The service is still starting its plugins.");
     }
     banner.hidden = !(snapshot.service.stopping || !snapshot.service.ready);
   }
@@ -256,6 +281,9 @@ function makeRow(id) {
     if (WIDE.has(column)) cell.classList.add("wide");
     row.append(cell);
   }
+  const name = row.firstChild;
+  name.append(textSpan("plugin-name", ""), textSpan("plugin-id", id), textSpan("why", ""));
+  row.querySelector('td[data-col="state"]').append(textSpan("state", ""));
   row.addEventListener("click", () => openDetail(id));
   row.addEventListener("keydown", (event) => {
     if (event.key === "Enter" || event.key === " ") {
@@ -266,19 +294,25 @@ function makeRow(id) {
   return row;
 }
 
+// Only what changed is written: text a reader is selecting stays put.
+function setText(element, text) {
+  const value = String(text);
+  if (element.textContent !== value) element.textContent = value;
+}
+
 function fillRow(row, plugin, before) {
   const cell = (column) => row.querySelector(`td[data-col="${column}"]`);
-  const name = cell("name");
-  name.replaceChildren(textSpan("plugin-name", plugin.name), textSpan("plugin-id", plugin.id));
-  const why = whyText(plugin);
-  if (why) name.append(textSpan("why", why));
-  cell("state").replaceChildren(stateBadge(plugin.state));
-  cell("pid").textContent = plugin.pid ?? "–";
-  cell("restarts").textContent = plugin.restarts;
-  cell("uptime").textContent = plugin.uptime == null ? "–" : formatDuration(plugin.uptime);
-  cell("memory").textContent = plugin.memory_rss == null ? "–" : formatBytes(plugin.memory_rss);
-  cell("calls").textContent = plugin.calls;
-  cell("failures").textContent = plugin.failures;
+  setText(row.querySelector(".plugin-name"), plugin.name);
+  const why = row.querySelector(".why");
+  setText(why, whyText(plugin));
+  why.hidden = !why.textContent;
+  setState(row.querySelector(".state"), plugin.state);
+  setText(cell("pid"), plugin.pid ?? NO_VALUE);
+  setText(cell("restarts"), plugin.restarts);
+  setText(cell("uptime"), plugin.uptime == null ? NO_VALUE : formatDuration(plugin.uptime));
+  setText(cell("memory"), plugin.memory_rss == null ? NO_VALUE : formatBytes(plugin.memory_rss));
+  setText(cell("calls"), plugin.calls);
+  setText(cell("failures"), plugin.failures);
   row.classList.toggle("selected", app.selected === plugin.id);
   if (before && plugin.restarts > before.restarts) flash(cell("restarts"));
   if (before && plugin.failures > before.failures) flash(cell("failures"));
@@ -292,10 +326,12 @@ function whyText(plugin) {
   return plugin.error ? firstLine(plugin.error) : "";
 }
 
-function stateBadge(state) {
-  const badge = textSpan(`state state-${state}`, state);
-  badge.dataset.state = state;
-  return badge;
+function setState(badge, state) {
+  setText(badge, state);
+  if (badge.dataset.state !== state) {
+    badge.dataset.state = state;
+    badge.className = `state state-${state}`;
+  }
 }
 
 function textSpan(className, text) {
@@ -330,370 +366,155 @@ function formatBytes(bytes) {
 }
 
 // -- one plugin's panel ------------------------------------------------------------------
-async function openDetail(id) {
+function openDetail(id) {
   app.selected = id;
-  app.detail = null;
-  app.detailPid = undefined;
+  app.panel += 1;
+  app.entries = null;
+  app.entriesPid = undefined;
   app.logPosition = null;
+  app.logBusy = false;
   app.chartAt = 0;
+  app.chartBusy = false;
   for (const [rowId, row] of app.rows) row.classList.toggle("selected", rowId === id);
   $("#detail").hidden = false;
   $("#entries").replaceChildren();
-  $("#log").textContent = "";
+  $("#log").replaceChildren();
   $("#log-note").textContent = "";
   $("#action-result").textContent = "";
   $("#chart").replaceChildren();
+  $("#chart-caption").textContent = "";
   const plugin = app.plugins.get(id);
   if (plugin) refreshDetail(plugin);
+  // Below the table on a narrow screen: bring it into view.
+  if (window.matchMedia("(max-width: 1499px)").matches) $("#detail").scrollIntoView({ block: "start" });
 }
 
 function closeDetail() {
   app.selected = null;
+  app.panel += 1;
   $("#detail").hidden = true;
   for (const row of app.rows.values()) row.classList.remove("selected");
 }
 
 function refreshDetail(plugin) {
-  $("#detail-title").textContent = `${plugin.name} (${plugin.id})`;
-  $("#detail-state").replaceChildren(stateBadge(plugin.state));
+  setText($("#detail-title"), `${plugin.name} (${plugin.id})`);
+  setState($("#detail-state"), plugin.state);
+  const facts = [
+    plugin.pid ? `pid ${plugin.pid}` : "no worker",
+    plugin.uptime == null ? null : `up ${formatDuration(plugin.uptime)}`,
+    plugin.memory_rss == null ? null : `${formatBytes(plugin.memory_rss)}`,
+    plugin.cpu_time == null ? null : `${plugin.cpu_time.toFixed(1)} s CPU`,
+    `${plugin.in_flight} in flight`,
+    plugin.queued ? `${plugin.queued} queued` : null,
+  ];
+  setText($("#detail-facts"), facts.filter(Boolean).join(" · "));
   const why = $("#detail-why");
-  const reason = whyText(plugin);
-  why.hidden = !reason;
-  why.textContent = reason;
-  if (app.detailPid !== plugin.pid) {
-    app.detailPid = plugin.pid;
-    loadEntries(plugin.id);
+  setText(why, whyText(plugin));
+  why.hidden = !why.textContent;
+  // Start what is not running; stop what is not stopped.
+  $('[data-action="start"]').disabled = plugin.state === "running" || plugin.state === "starting";
+  $('[data-action="stop"]').disabled = plugin.state === "stopped";
+  if (app.entriesPid !== plugin.pid) {
+    app.entriesPid = plugin.pid;
+    loadEntries(plugin.id, app.panel);
   }
-  if (app.logPosition === null || plugin.log_lines !== app.logPosition) loadLog(plugin.id);
+  if (app.logPosition === null || plugin.log_lines !== app.logPosition) loadLog(plugin.id, app.panel, plugin.log_lines);
   const moved = app.chartSeen !== `${plugin.calls}/${plugin.restarts}`;
-  if (Date.now() - app.chartAt > (moved ? 1000 : 5000)) loadChart(plugin.id, `${plugin.calls}/${plugin.restarts}`);
+  if (Date.now() - app.chartAt > (moved ? 1000 : 5000)) loadChart(plugin.id, app.panel, `${plugin.calls}/${plugin.restarts}`);
 }
 
-async function loadEntries(id) {
+async function loadEntries(id, panel) {
   let detail;
   try {
-    detail = (await api("GET", `/v1/plugins/${encodeURIComponent(id)}`)).plugin;
+    detail = (await api("GET", pluginPath(id))).plugin;
   } catch (error) {
     return;
   }
-  if (app.selected !== id) return;
-  const known = app.detail && JSON.stringify(app.detail.entries) === JSON.stringify(detail.entries);
-  app.detail = detail;
-  if (known) return; // keep what the user typed in the forms
+  if (app.panel !== panel) return;
+  const entries = JSON.stringify(detail.entries);
+  if (entries === app.entries) return; // keep what the user typed in the forms
+  app.entries = entries;
   const list = $("#entries");
   list.replaceChildren();
   if (!detail.entries.length) {
     list.append(textSpan("hint", detail.state === "running" ? "This plugin has no entries." : "Entries show once the plugin runs."));
   }
-  for (const entry of detail.entries) list.append(entryForm(id, entry));
-}
-
-async function loadLog(id) {
-  if (app.logBusy) return;
-  app.logBusy = true;
-  try {
-    const first = app.logPosition === null;
-    const query = first ? "tail=200" : `tail=${LOG_LINES_SHOWN}&after=${app.logPosition}`;
-    const answer = await api("GET", `/v1/plugins/${encodeURIComponent(id)}/logs?${query}`);
-    if (app.selected !== id) return;
-    const log = $("#log");
-    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    const lines = first ? [] : log.textContent.split("\n").filter((line, i, all) => i < all.length - 1 || line);
-    if (answer.skipped) lines.push(`… ${answer.skipped} lines not shown …`);
-    lines.push(...answer.lines);
-    const kept = lines.slice(-LOG_LINES_SHOWN);
-    log.textContent = kept.length ? `${kept.join("\n")}\n` : "";
-    $("#log-note").textContent = answer.next ? `(${answer.next} lines since the service started; the last ${Math.min(kept.length, LOG_LINES_SHOWN)} here)` : "";
-    if (atBottom || first) log.scrollTop = log.scrollHeight;
-    app.logPosition = answer.next;
-  } catch (error) {
-    // The next snapshot tries again.
-  } finally {
-    app.logBusy = false;
+  for (const entry of detail.entries) {
+    const call = async (args) => (await api("POST", pluginPath(id, `/entries/${encodeURIComponent(entry.id)}`), args)).value;
+    list.append(entryForm(entry, call));
   }
-  const plugin = app.plugins.get(id);
-  if (app.selected === id && plugin && plugin.log_lines !== app.logPosition) loadLog(id);
 }
 
-// -- the chart ----------------------------------------------------------------------------
-const SVG = "http://www.w3.org/2000/svg";
+// New log lines since the last look, appended (what a reader selected stays selected).
+async function loadLog(id, panel, wanted) {
+  if (app.logBusy) return;
+  const log = $("#log");
+  // The log's count went back: a new service with the same token. Start over from its tail.
+  const restarted = app.logPosition !== null && wanted < app.logPosition;
+  const first = app.logPosition === null || restarted;
+  if (!first && wanted <= app.logPosition) return;
+  app.logBusy = true;
+  let answer;
+  try {
+    const query = first ? "tail=200" : `tail=${LOG_LINES_SHOWN}&after=${app.logPosition}`;
+    answer = await api("GET", pluginPath(id, `/logs?${query}`));
+  } catch (error) {
+    return; // the next snapshot tries again
+  } finally {
+    if (app.panel === panel) app.logBusy = false;
+  }
+  if (app.panel !== panel) return;
+  const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+  const lines = [];
+  if (restarted) lines.push("──── the service restarted ────");
+  if (answer.skipped) lines.push(`… ${answer.skipped} lines not shown …`);
+  lines.push(...answer.lines);
+  log.append(...lines.map((line) => document.createTextNode(`${line}\n`)));
+  while (log.childNodes.length > LOG_LINES_SHOWN) log.firstChild.remove();
+  setText($("#log-note"), answer.next ? `(${answer.next} lines since the service started; the last ${log.childNodes.length} here)` : "");
+  if (atBottom || first) log.scrollTop = log.scrollHeight;
+  app.logPosition = answer.next;
+}
 
-async function loadChart(id, seen) {
+async function loadChart(id, panel, seen) {
   if (app.chartBusy) return;
   app.chartBusy = true;
   app.chartAt = Date.now();
   app.chartSeen = seen;
   try {
-    const history = await api("GET", `/v1/plugins/${encodeURIComponent(id)}/history`);
-    if (app.selected === id) drawChart(history);
+    const history = await api("GET", pluginPath(id, "/history"));
+    if (app.panel === panel) drawChart($("#chart"), $("#chart-caption"), history);
   } catch (error) {
     // The next snapshot tries again.
   } finally {
-    app.chartBusy = false;
+    if (app.panel === panel) app.chartBusy = false;
   }
-}
-
-function svgElement(name, attributes) {
-  const element = document.createElementNS(SVG, name);
-  for (const [key, value] of Object.entries(attributes)) element.setAttribute(key, value);
-  return element;
-}
-
-function drawChart(history) {
-  const svg = $("#chart");
-  const width = 600, height = 140, top = 8;
-  const buckets = history.buckets;
-  // Time runs right to left from now over the whole window; a young service fills only its right end.
-  const step = width / Math.max(history.window_buckets - 1, 1);
-  const x = (i) => width - (buckets.length - 1 - i) * step;
-  // A log scale: a 1 ms mean and a 100 ms worst case both stay readable.
-  const floor = 0.05;
-  const peak = Math.max(1, ...buckets.map((b) => b.max_ms || 0));
-  const span = Math.log10(peak) - Math.log10(floor);
-  const y = (ms) => height - ((height - top) * (Math.log10(Math.max(ms, floor)) - Math.log10(floor))) / span;
-  const parts = [];
-  for (const ms of [0.1, 1, 10, 100, 1000, 10000, 100000]) {
-    if (ms <= peak) parts.push(svgElement("line", { class: "grid", x1: 0, x2: width, y1: y(ms), y2: y(ms) }));
-  }
-  const line = (key, className) => {
-    const points = [];
-    buckets.forEach((bucket, i) => {
-      if (bucket[key] != null) points.push(`${x(i).toFixed(1)},${y(bucket[key]).toFixed(1)}`);
-    });
-    if (points.length === 1) points.unshift(points[0].replace(/^[\d.]+/, (at) => `${Math.max(Number(at) - step / 2, 0)}`));
-    if (points.length) parts.push(svgElement("polyline", { class: className, points: points.join(" ") }));
-  };
-  line("max_ms", "max");
-  line("mean_ms", "mean");
-  let restarts = 0, calls = 0, failures = 0;
-  buckets.forEach((bucket, i) => {
-    restarts += bucket.restarts;
-    calls += bucket.calls;
-    failures += bucket.failures;
-    const at = Math.min(Math.max(x(i), 1), width - 1);
-    if (bucket.restarts) parts.push(svgElement("line", { class: "restart", x1: at, x2: at, y1: 0, y2: height }));
-    // A zero-length line with a round cap: a dot the stretched viewBox does not squash.
-    if (bucket.failures) parts.push(svgElement("line", { class: "failure", x1: at, x2: at, y1: height - 4, y2: height - 4 }));
-  });
-  svg.replaceChildren(...parts);
-  svg.dataset.calls = calls;
-  svg.dataset.restarts = restarts;
-  const minutes = Math.round((history.window_buckets * history.bucket_seconds) / 60);
-  $("#chart-caption").textContent =
-    `Last ${minutes} min: ${calls} calls through the API, ${failures} answered with an error (red dots), ${restarts} restarts (red lines). ` +
-    `Mean latency (dark) and max (light) per ${history.bucket_seconds} s, log scale (a line per power of ten ms); top ${peak.toFixed(1)} ms.`;
-}
-
-// -- entries: a form built from each entry's input schema ---------------------------------
-function entryForm(pluginId, entry) {
-  const box = document.createElement("div");
-  box.className = "entry";
-  box.dataset.entry = entry.id;
-  const head = document.createElement("div");
-  head.className = "entry-head";
-  head.append(textSpan("plugin-name", entry.name), textSpan("mono", entry.id));
-  if (entry.timeout) head.append(textSpan("hint", `timeout ${entry.timeout} s`));
-  box.append(head);
-  if (entry.description) {
-    const description = document.createElement("p");
-    description.textContent = entry.description;
-    box.append(description);
-  }
-  const form = document.createElement("form");
-  const fields = schemaFields(entry.input_schema);
-  for (const field of fields) form.append(field.element);
-  const row = document.createElement("div");
-  row.className = "call-row";
-  const submit = document.createElement("button");
-  submit.type = "submit";
-  submit.textContent = "Call";
-  row.append(submit);
-  form.append(row);
-  const outcome = document.createElement("pre");
-  outcome.className = "outcome";
-  outcome.hidden = true;
-  outcome.setAttribute("role", "status");
-  form.addEventListener("submit", async (event) => {
-    event.preventDefault();
-    let args;
-    try {
-      args = collectArguments(fields);
-    } catch (error) {
-      return showOutcome(outcome, false, error.message);
-    }
-    submit.disabled = true;
-    const began = performance.now();
-    try {
-      const answer = await api("POST", `/v1/plugins/${encodeURIComponent(pluginId)}/entries/${encodeURIComponent(entry.id)}`, args);
-      const ms = (performance.now() - began).toFixed(1);
-      showOutcome(outcome, true, `ok in ${ms} ms\n${JSON.stringify(answer.value, null, 2)}`);
-    } catch (error) {
-      const lines = [`${error.status ? `${error.status} ` : ""}${error.type}: ${error.message}`];
-      if (error.detail.remote_type) lines.push(`raised in the plugin: ${error.detail.remote_type}: ${error.detail.remote_message || ""}`);
-      if (error.detail.traceback) lines.push("", error.detail.traceback);
-      showOutcome(outcome, false, lines.join("\n"));
-    } finally {
-      submit.disabled = false;
-    }
-  });
-  box.append(form, outcome);
-  return box;
-}
-
-function showOutcome(element, ok, text) {
-  element.hidden = false;
-  element.className = `outcome ${ok ? "ok" : "failed"}`;
-  element.textContent = text;
-}
-
-// One field per property of an object schema; one JSON box otherwise.
-function schemaFields(schema) {
-  const properties = schema && typeof schema === "object" && schema.properties && typeof schema.properties === "object" ? schema.properties : null;
-  if (!properties) {
-    return [jsonField("arguments", "Arguments (a JSON object)", "{}", true)];
-  }
-  const required = new Set(Array.isArray(schema.required) ? schema.required : []);
-  const fields = [];
-  for (const [name, property] of Object.entries(properties)) {
-    const spec = property && typeof property === "object" ? property : {};
-    const type = Array.isArray(spec.type) ? spec.type.find((t) => t !== "null") : spec.type;
-    const label = `${name}${required.has(name) ? " *" : ""}`;
-    const hasDefault = Object.prototype.hasOwnProperty.call(spec, "default");
-    let field;
-    if (Array.isArray(spec.enum)) field = enumField(name, label, spec.enum, spec.default);
-    else if (type === "boolean") field = checkField(name, label, spec.default === true);
-    else if (type === "integer" || type === "number") field = numberField(name, label, type, hasDefault ? spec.default : "");
-    else if (type === "string") field = textField(name, label, hasDefault ? spec.default : "");
-    else field = jsonField(name, `${label} (JSON)`, hasDefault ? JSON.stringify(spec.default) : "", false);
-    field.required = required.has(name);
-    if (spec.description) field.element.append(textSpan("hint", spec.description));
-    fields.push(field);
-  }
-  return fields;
-}
-
-let fieldCounter = 0;
-
-function fieldShell(label, control, className = "field") {
-  const element = document.createElement("div");
-  element.className = className;
-  control.id = `field-${++fieldCounter}`;
-  const caption = document.createElement("label");
-  caption.htmlFor = control.id;
-  caption.textContent = label;
-  if (className.includes("check")) element.append(control, caption);
-  else element.append(caption, control);
-  return element;
-}
-
-function textField(name, label, value) {
-  const input = document.createElement("input");
-  input.type = "text";
-  input.name = name;
-  input.value = value ?? "";
-  return { name, element: fieldShell(label, input), read: () => (input.value === "" ? undefined : input.value) };
-}
-
-function numberField(name, label, type, value) {
-  const input = document.createElement("input");
-  input.type = "number";
-  input.name = name;
-  input.step = type === "integer" ? "1" : "any";
-  input.value = value ?? "";
-  return {
-    name,
-    element: fieldShell(label, input),
-    read: () => {
-      if (input.value.trim() === "") return undefined;
-      const number = Number(input.value);
-      if (!Number.isFinite(number) || (type === "integer" && !Number.isInteger(number))) {
-        throw new Error(`${name} must be ${type === "integer" ? "a whole number" : "a number"}`);
-      }
-      return number;
-    },
-  };
-}
-
-function checkField(name, label, checked) {
-  const input = document.createElement("input");
-  input.type = "checkbox";
-  input.name = name;
-  input.checked = checked;
-  return { name, element: fieldShell(label, input, "field check"), read: () => input.checked };
-}
-
-function enumField(name, label, options, value) {
-  const select = document.createElement("select");
-  select.name = name;
-  for (const option of options) {
-    const element = document.createElement("option");
-    element.value = JSON.stringify(option);
-    element.textContent = typeof option === "string" ? option : JSON.stringify(option);
-    if (JSON.stringify(option) === JSON.stringify(value)) element.selected = true;
-    select.append(element);
-  }
-  return { name, element: fieldShell(label, select), read: () => JSON.parse(select.value) };
-}
-
-function jsonField(name, label, value, whole) {
-  const area = document.createElement("textarea");
-  area.name = name;
-  area.value = value;
-  area.spellcheck = false;
-  area.className = "mono";
-  return {
-    name,
-    whole,
-    element: fieldShell(label, area),
-    read: () => {
-      if (area.value.trim() === "") return undefined;
-      try {
-        return JSON.parse(area.value);
-      } catch (error) {
-        throw new Error(`${whole ? "the arguments are" : `${name} is`} not valid JSON: ${error.message}`);
-      }
-    },
-  };
-}
-
-function collectArguments(fields) {
-  if (fields.length === 1 && fields[0].whole) {
-    const value = fields[0].read();
-    if (value === undefined) return {};
-    if (value === null || typeof value !== "object" || Array.isArray(value)) throw new Error("the arguments must be a JSON object, such as {\"key\": \"value\"}");
-    return value;
-  }
-  const args = {};
-  for (const field of fields) {
-    const value = field.read();
-    if (value === undefined) {
-      if (field.required) throw new Error(`${field.name} is required`);
-      continue;
-    }
-    args[field.name] = value;
-  }
-  return args;
 }
 
 // -- lifecycle buttons ------------------------------------------------------------------------
 async function lifecycle(action) {
   const id = app.selected;
+  const panel = app.panel;
   if (!id) return;
   const buttons = document.querySelectorAll("[data-action]");
   const result = $("#action-result");
   buttons.forEach((button) => { button.disabled = true; });
   result.className = "result-line";
   result.textContent = `${action} ${id}…`;
+  let text, failed = false;
   try {
-    const answer = await api("POST", `/v1/plugins/${encodeURIComponent(id)}/${action}`);
-    const plugin = answer.plugin;
-    result.textContent = `${action}: ${plugin.state}${plugin.pid ? ` (pid ${plugin.pid})` : ""}`;
+    const plugin = (await api("POST", pluginPath(id, `/${action}`))).plugin;
+    text = `${action}: ${plugin.state}${plugin.pid ? ` (pid ${plugin.pid})` : ""}`;
   } catch (error) {
-    result.className = "result-line failed";
-    result.textContent = `${action} failed: ${error.type}: ${error.message}`;
-  } finally {
-    buttons.forEach((button) => { button.disabled = false; });
+    failed = true;
+    text = `${action} failed: ${error.type}: ${error.message}`;
   }
+  if (app.panel !== panel) return; // the answer belongs to a panel no longer shown
+  buttons.forEach((button) => { button.disabled = false; });
+  result.className = failed ? "result-line failed" : "result-line";
+  result.textContent = text;
+  const plugin = app.plugins.get(id);
+  if (plugin) refreshDetail(plugin); // the state buttons again
 }
 
 // -- theme --------------------------------------------------------------------------------------
