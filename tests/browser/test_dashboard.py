@@ -43,6 +43,7 @@ CHROMIUM_ARGS = [
 ]
 NO_VALUE = "\u2013"  # what the table shows for "none" (an en dash)
 WAIT_MS = 15_000  # the longest any expectation waits: a loaded CI machine, never a fixed pause
+expect.set_options(timeout=WAIT_MS)
 
 FORMS = """
     import logging
@@ -173,8 +174,11 @@ def open_page(browser: Any, served: Served) -> Iterator[Callable[..., Page]]:
         context = browser.new_context(**context_options)
         contexts.append(context)
         context.set_default_timeout(WAIT_MS)
-        if blocked is not None:  # as a proxy that cuts this path would
-            context.route(blocked, lambda route: route.abort())
+        if blocked is not None:  # as a proxy that cuts this path would ("!" before it: one that holds it)
+            if blocked.startswith("!"):
+                context.route(blocked[1:], lambda route: None)  # never answered
+            else:
+                context.route(blocked, lambda route: route.abort())
         page = context.new_page()
         problems: list[str] = []
         page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
@@ -324,8 +328,9 @@ def test_stop_and_start_buttons(open_page: Callable[..., Page]) -> None:
     assert view.unexpected() == []
 
 
-def test_without_the_event_stream_the_page_polls_and_still_shows_a_crash(open_page: Callable[..., Page], served: Served) -> None:
-    view = open_page(blocked="**/v1/events")
+@pytest.mark.parametrize("blocked", ["**/v1/events", "!**/v1/events"], ids=["cut", "held"])
+def test_without_the_event_stream_the_page_polls_and_still_shows_a_crash(open_page: Callable[..., Page], blocked: str) -> None:
+    view = open_page(blocked=blocked)
     page = view.page
     sign_in(page)
     expect(page.locator("#connection")).to_have_text("polling")

@@ -36,7 +36,9 @@ const app = {
   chartSeen: "",            // calls/restarts of the plugin when the chart was last read
   chartBusy: false,
   stream: null,             // AbortController of the event stream
+  streaming: false,         // that stream has delivered: no polling
   pollTimer: null,
+  retryTimer: null,
   streamFailures: 0,
 };
 
@@ -144,12 +146,15 @@ function setConnection(state, text) {
 function stopLive() {
   if (app.stream) app.stream.abort();
   app.stream = null;
+  app.streaming = false;
   clearTimeout(app.pollTimer);
-  app.pollTimer = null;
+  clearTimeout(app.retryTimer);
+  app.pollTimer = app.retryTimer = null;
 }
 
 async function startStream() {
-  stopLive();
+  if (app.stream) app.stream.abort();
+  app.retryTimer = null;
   const controller = new AbortController();
   app.stream = controller;
   // A watchdog: no headers, or no bytes, for STREAM_SILENCE_MS and the stream is given up.
@@ -177,8 +182,12 @@ async function startStream() {
       const { value, done } = await reader.read();
       if (done) break;
       heard();
-      if (app.streamFailures || $("#connection").dataset.state !== "live") {
+      if (!app.streaming) {
+        // It delivers: polling, if any, can stop.
+        app.streaming = true;
         app.streamFailures = 0;
+        clearTimeout(app.pollTimer);
+        app.pollTimer = null;
         setConnection("live", "live");
       }
       buffer += value.replace(/\r\n?/g, "\n"); // a proxy may rewrite the line ends
@@ -205,28 +214,40 @@ function handleEvent(block) {
   if (name === "plugins" && data.length) render(JSON.parse(data.join("\n")));
 }
 
-// The stream ended, stalled or could not be had: poll until it comes back.
+// The stream ended, stalled or could not be had: poll every second, and try the
+// stream again after a growing pause; polling goes on until a stream delivers.
 function streamLost(controller) {
   if (app.stream !== controller || !app.token) return; // replaced, or signed out
   app.stream = null;
+  app.streaming = false;
   const wait = STREAM_RETRY_MS[Math.min(app.streamFailures, STREAM_RETRY_MS.length - 1)];
   app.streamFailures += 1;
   setConnection("polling", "polling");
-  const until = Date.now() + wait;
-  const poll = async () => {
-    if (!app.token || app.stream) return;
-    if (Date.now() >= until) return startStream();
+  clearTimeout(app.retryTimer);
+  app.retryTimer = setTimeout(startStream, wait);
+  if (!app.pollTimer) schedulePoll();
+}
+
+function schedulePoll() {
+  app.pollTimer = setTimeout(async () => {
+    if (!app.token || app.streaming) {
+      app.pollTimer = null;
+      return;
+    }
     try {
       const listing = await api("GET", "/v1/plugins");
-      render({ plugins: listing.plugins, service: null });
-      setConnection("polling", "polling");
+      if (!app.streaming) {
+        render({ plugins: listing.plugins, service: null });
+        setConnection("polling", "polling");
+      }
     } catch (error) {
-      if (error.status === 401) return;
+      if (error.status === 401) return; // signed out: stopLive() cleared the timer
       setConnection("error", "service unreachable");
     }
-    if (app.token && !app.stream) app.pollTimer = setTimeout(poll, POLL_MS);
-  };
-  app.pollTimer = setTimeout(poll, Math.min(POLL_MS, wait));
+    // Still the one poller (the timer is ours until it is replaced here or cleared).
+    if (app.token && !app.streaming) schedulePoll();
+    else app.pollTimer = null;
+  }, POLL_MS);
 }
 
 // -- the table -------------------------------------------------------------------------
