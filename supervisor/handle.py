@@ -351,8 +351,10 @@ class WorkerHandle:
             raise PluginUnavailable(self.plugin_id, f"worker is {'exiting' if self._exited else self.state.value}")
         self._next_id += 1
         call_id = self._next_id
+        # Encoded at once, so the caller's own dict can go on the wire uncopied.
+        call = Call(call_id, entry_id, args if type(args) is dict else dict(args))
         try:
-            data = protocol.encode_message(Call(call_id, entry_id, dict(args)), self.max_frame_size)
+            data = protocol.encode_message(call, self.max_frame_size)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidArguments(f"arguments for {self.plugin_id}.{entry_id} cannot be encoded: {exc}") from exc
         except protocol.ProtocolError as exc:
@@ -361,7 +363,7 @@ class WorkerHandle:
         self._pending[call_id] = _Pending(entry_id, future)
         fault = self._chaos.take_call_fault(entry_id) if self._chaos is not None else None
         if fault is not None:
-            data = self._inject_into_call(*fault, Call(call_id, entry_id, dict(args)), data)
+            data = self._inject_into_call(*fault, call, data)
             if not data:
                 return call_id, future
         self._out(data, "call", call_id)

@@ -25,6 +25,7 @@ from typing import Any
 
 from protocol import EntryInfo
 from supervisor.chaos import Injection, PluginChaos
+from supervisor.deadlines import Deadlines
 from supervisor.errors import (
     CallTimeout,
     EntryNotFound,
@@ -37,6 +38,7 @@ from supervisor.handle import StartFailed, WorkerHandle
 from supervisor.lifecycle import PLUGIN_MOVES, PluginState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest, load_manifest
+from supervisor.places import Places
 from supervisor.policy import Backoff, Clock, RestartBudget, sleep_of
 from supervisor.watch import ResourceWatcher
 
@@ -128,6 +130,7 @@ class PluginSlot:
         self._stop_requested = False
         self.closing = False  # the supervisor is stopping for good: no start from now on
         self._queued = 0
+        self._deadlines = Deadlines()
         self._backoff = Backoff()
         self._apply_runtime()
         if error is not None:
@@ -293,7 +296,7 @@ class PluginSlot:
     def _apply_runtime(self) -> None:
         """Concurrency places and restart budget, from the manifest (none while it is broken)."""
         runtime = self.manifest.runtime if self.manifest else None
-        self._places = asyncio.Semaphore(runtime.max_concurrency if runtime else 1)
+        self._places = Places(runtime.max_concurrency if runtime else 1)
         self._budget = RestartBudget(runtime.max_restarts if runtime else 0, runtime.restart_window if runtime else 60.0, self.options.clock)
 
     async def _run(self) -> None:
@@ -460,25 +463,52 @@ class PluginSlot:
         runtime = self.manifest.runtime
         if timeout is None:
             timeout = self.entry_timeout(entry_id) or runtime.call_timeout
-        if self._queued >= runtime.max_queue and self._places.locked():
-            raise PluginOverloaded(self.id, runtime.max_queue)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        handle = self._ready_handle()
+        places = self._places
+        if handle is None or not places.take_now():
+            if self._queued >= runtime.max_queue and places.locked:
+                raise PluginOverloaded(self.id, runtime.max_queue)
+            handle = None
+        deadline = asyncio.get_running_loop().time() + timeout
         self.calls += 1
         try:
-            return await self._call(entry_id, args, timeout, deadline)
+            if handle is None:
+                return await self._call_after_waiting(entry_id, args, timeout, deadline)
+            # The common case, inline (no coroutine per layer): a place is free and the
+            # worker ready, so the only wait is for the result, under a deadline of the heap.
+            try:
+                call_id, future = handle.send_call(entry_id, args)
+                expiry = self._deadlines.add(deadline, self._expire, handle, call_id, future, entry_id, timeout)
+                try:
+                    return await future
+                except asyncio.CancelledError:
+                    handle.abandon(call_id, self.options.cancel_grace)  # the caller's own cancellation
+                    raise
+                finally:
+                    self._deadlines.remove(expiry)
+            finally:
+                places.give_back()
         except BaseException:
             self.failures += 1
             raise
 
-    async def _call(self, entry_id: str, args: Mapping[str, Any], timeout: float, deadline: float) -> Any:
-        # One deadline over the whole path (queue, worker start, the call itself):
-        # one timer per call instead of one per phase.
+    def _expire(self, handle: WorkerHandle, call_id: int, future: asyncio.Future[Any], entry_id: str, timeout: float) -> None:
+        """A call's deadline passed: the caller gets CallTimeout now; the worker is asked
+        to cancel the call, and killed if it has not ended within `cancel_grace`."""
+        if future.done():
+            return  # its result came in this same turn of the loop: the caller has it
+        handle.abandon(call_id, self.options.cancel_grace)
+        future.set_exception(CallTimeout(self.id, entry_id, timeout))
+
+    async def _call_after_waiting(self, entry_id: str, args: Mapping[str, Any], timeout: float, deadline: float) -> Any:
+        # One deadline over the whole path (queue, worker start, the call itself).
+        # Only calls that must wait take this path, so its timer per call is rare.
         try:
             async with asyncio.timeout_at(deadline):
+                places = self._places  # a reload of plugin.toml may replace it meanwhile
                 self._queued += 1
                 try:
-                    await self._places.acquire()
+                    await places.take()
                 finally:
                     self._queued -= 1
                 try:
@@ -492,7 +522,7 @@ class PluginSlot:
                         handle.abandon(call_id, self.options.cancel_grace)
                         raise
                 finally:
-                    self._places.release()
+                    places.give_back()
         except TimeoutError:
             raise CallTimeout(self.id, entry_id, timeout) from None
 

@@ -1,8 +1,8 @@
 """One call in, one result out: bind arguments, run the entry, shape the result.
 
 Async entries run as tasks on the worker's event loop; sync entries run on a
-bounded thread pool and write their own result frame from the pool thread (the
-writer is thread-safe), so a result does not wait for the loop.
+bounded thread pool (`worker/pool.py`) and write their own result frame from
+the pool thread (the writer is thread-safe), so a result does not wait for the loop.
 
 Exactly one `Result` is written per `Call`, whatever happens: the entry
 returns, raises, is cancelled before it starts, or produces a value msgpack
@@ -13,7 +13,6 @@ stays up).
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import functools
 import inspect
 import os
@@ -26,6 +25,7 @@ from protocol import Call, ErrorInfo, ProtocolError, Result, encode_message
 from protocol.streams import BlockingWriter
 from worker.confine import die_of_exhaustion, die_of_memory_error, is_memory_error
 from worker.loader import Entry
+from worker.pool import EntryThreads
 from worker.sdk import Err, Ok
 
 
@@ -80,9 +80,9 @@ class Dispatcher:
         self.entries = entries
         self.writer = writer
         self.loop = loop
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="neko-entry")
-        # call_id -> asyncio.Task (async entry) or concurrent Future (sync entry)
-        self.in_flight: dict[int, asyncio.Task[None] | concurrent.futures.Future[None]] = {}
+        self.pool = EntryThreads(max_concurrency, loop, self._forget_all, self._escaped)
+        # call_id -> asyncio.Task (async entry) or None (sync entry, on the pool)
+        self.in_flight: dict[int, asyncio.Task[None] | None] = {}
         self._idle = asyncio.Event()
         self._shutting_down = False
         self._idle.set()
@@ -108,26 +108,26 @@ class Dispatcher:
             self.in_flight[call.call_id] = task
             task.add_done_callback(functools.partial(self._async_done, call.call_id))
         else:
+            self.in_flight[call.call_id] = None
             try:
-                future = self.pool.submit(self._run_sync, entry, call)
+                self.pool.submit(call.call_id, functools.partial(self._run_sync, entry, call))
             except RuntimeError as exc:
                 # No thread could be started (the memory backstop counts every
                 # stack, or a process limit). The call already sits in the pool's
                 # queue, so it cannot be answered here without risking two
                 # answers: this worker is out of resources and must go.
                 die_of_exhaustion(f"cannot start a thread for call {call.call_id}: {exc}")
-            self.in_flight[call.call_id] = future
-            future.add_done_callback(functools.partial(self._sync_done, call.call_id))
 
     def cancel(self, call_id: int) -> None:
-        work = self.in_flight.get(call_id)
-        if work is None:
+        if call_id not in self.in_flight:
             return  # already finished; its result is on the wire
-        if isinstance(work, asyncio.Task):
+        work = self.in_flight[call_id]
+        if work is not None:
             work.cancel()
-        elif work.cancel():
+        elif self.pool.cancel(call_id):
             # Cancelled before a pool thread picked it up: nobody else will answer.
             self.send_error(call_id, error=ErrorInfo("cancelled", "Cancelled", "cancelled before it started"))
+            self._forget(call_id)
         # A sync entry already running cannot be interrupted; the supervisor
         # kills the worker if it does not finish within its grace period.
 
@@ -141,15 +141,20 @@ class Dispatcher:
     async def wait_idle(self) -> None:
         await self._idle.wait()
 
-    def _sync_done(self, call_id: int, future: concurrent.futures.Future[None]) -> None:
+    def _escaped(self, exc: BaseException) -> None:
         # Runs on the pool thread. _run_sync answers every error of the entry; one
         # that escaped it came from sending the answer (e.g. out of memory encoding it).
-        if not future.cancelled() and is_memory_error(future.exception()):
+        if is_memory_error(exc):
             die_of_memory_error()
-        self.loop.call_soon_threadsafe(self._forget, call_id)
 
     def _forget(self, call_id: int) -> None:
         self.in_flight.pop(call_id, None)
+        if not self.in_flight:
+            self._idle.set()
+
+    def _forget_all(self, call_ids: list[int]) -> None:
+        for call_id in call_ids:
+            self.in_flight.pop(call_id, None)
         if not self.in_flight:
             self._idle.set()
 
