@@ -13,21 +13,25 @@ and deletion refused with `dataclasses.FrozenInstanceError`, `copy` and
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 
 class Record:
-    __slots__: tuple[str, ...] = ()  # in a subclass: its fields, in constructor order
+    __slots__: tuple[str, ...] = ()  # in a subclass: its own fields, in constructor order
+    # Every field, the base classes' first (as dataclass orders inherited fields).
+    _fields: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        setattr(cls, "__match_args__", cls.__slots__)  # noqa: B010  # mypy refuses a plain assignment to it
+        own = cls.__dict__.get("__slots__", ())
+        cls._fields = (*cls._fields, *((own,) if isinstance(own, str) else own))
+        setattr(cls, "__match_args__", cls._fields)  # noqa: B010  # mypy refuses a plain assignment to it
 
     def _values(self) -> tuple[Any, ...]:
-        return tuple([getattr(self, name) for name in self.__slots__])
+        return tuple([getattr(self, name) for name in self._fields])
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self._fields)
         return f"{type(self).__qualname__}({fields})"
 
     def __eq__(self, other: object) -> bool:

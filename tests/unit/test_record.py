@@ -64,3 +64,12 @@ def test_match_by_position() -> None:
         case _:
             pytest.fail("Call did not match by position")
     assert Result.__match_args__ == ("call_id", "ok", "value", "error")
+
+
+def test_a_subclass_keeps_the_fields_of_its_base() -> None:
+    class Loud(Ping):
+        __slots__ = ()
+
+    assert repr(Loud(3)) == "test_a_subclass_keeps_the_fields_of_its_base.<locals>.Loud(nonce=3)"
+    assert Loud(3) == Loud(3) and Loud(3) != Ping(3)
+    assert Loud.__match_args__ == ("nonce",)
