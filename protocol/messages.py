@@ -4,15 +4,18 @@ Every message is a msgpack array whose first item is a short tag. Arrays (not
 maps) keep frames small and decoding cheap on the hot path (call/result).
 Each message class has `to_wire()`; `decode_message()` is the one way back,
 and turns any wrong shape into `ProtocolError`.
+
+The messages are frozen records (`protocol.record`): they behave as frozen,
+slotted dataclasses did, without compiling their methods at every worker's start.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from protocol.errors import ProtocolError
+from protocol.record import Record
 
 # 2: hello carries the protections the worker applied; 3: call may carry a fault;
 # 4: activate, for a spare worker started with --standby
@@ -23,14 +26,28 @@ ERROR_KINDS = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
-class EntryInfo:
+_set = object.__setattr__  # how a frozen record's __init__ fills its slots
+
+
+class EntryInfo(Record):
+    __slots__ = ("id", "name", "description", "input_schema", "timeout", "is_async")
     id: str
-    name: str = ""
-    description: str = ""
-    input_schema: Any = None
-    timeout: float | None = None
-    is_async: bool = False
+    name: str
+    description: str
+    input_schema: Any
+    timeout: float | None
+    is_async: bool
+
+    def __init__(
+        self, id: str, name: str = "", description: str = "", input_schema: Any = None,
+        timeout: float | None = None, is_async: bool = False,
+    ) -> None:
+        _set(self, "id", id)
+        _set(self, "name", name)
+        _set(self, "description", description)
+        _set(self, "input_schema", input_schema)
+        _set(self, "timeout", timeout)
+        _set(self, "is_async", is_async)
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -58,12 +75,18 @@ class EntryInfo:
         return entry
 
 
-@dataclass(frozen=True, slots=True)
-class ErrorInfo:
+class ErrorInfo(Record):
+    __slots__ = ("kind", "type", "message", "traceback")
     kind: str
     type: str
     message: str
-    traceback: str = ""
+    traceback: str
+
+    def __init__(self, kind: str, type: str, message: str, traceback: str = "") -> None:
+        _set(self, "kind", kind)
+        _set(self, "type", type)
+        _set(self, "message", message)
+        _set(self, "traceback", traceback)
 
     def to_wire(self) -> dict[str, str]:
         return {"kind": self.kind, "type": self.type, "message": self.message, "traceback": self.traceback}
@@ -83,62 +106,86 @@ class ErrorInfo:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
+class Hello(Record):
+    __slots__ = ("version", "pid", "protections")
     version: int
     pid: int
     # What confines this worker, as the worker itself applied it (rlimits, sandbox).
     # Plain msgpack data: the supervisor shows it in the plugin's status.
-    protections: dict[str, Any] = field(default_factory=dict)
+    protections: dict[str, Any]
+
+    def __init__(self, version: int, pid: int, protections: dict[str, Any] | None = None) -> None:
+        _set(self, "version", version)
+        _set(self, "pid", pid)
+        _set(self, "protections", {} if protections is None else protections)
 
     def to_wire(self) -> list[Any]:
         return ["hello", self.version, self.pid, self.protections]
 
 
-@dataclass(frozen=True, slots=True)
-class Activate:
+class Activate(Record):
     """To a spare worker waiting after its hello: load the plugin now."""
+
+    __slots__ = ()
 
     def to_wire(self) -> list[Any]:
         return ["activate"]
 
 
-@dataclass(frozen=True, slots=True)
-class Ready:
-    entries: tuple[EntryInfo, ...] = field(default_factory=tuple)
+class Ready(Record):
+    __slots__ = ("entries",)
+    entries: tuple[EntryInfo, ...]
+
+    def __init__(self, entries: tuple[EntryInfo, ...] = ()) -> None:
+        _set(self, "entries", entries)
 
     def to_wire(self) -> list[Any]:
         return ["ready", [entry.to_wire() for entry in self.entries]]
 
 
-@dataclass(frozen=True, slots=True)
-class Fatal:
+class Fatal(Record):
+    __slots__ = ("error",)
     error: ErrorInfo
+
+    def __init__(self, error: ErrorInfo) -> None:
+        _set(self, "error", error)
 
     def to_wire(self) -> list[Any]:
         return ["fatal", self.error.to_wire()]
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(Record):
+    __slots__ = ("call_id", "entry_id", "args", "fault")
     call_id: int
     entry_id: str
     args: dict[str, Any]
     # A fault the worker must inject into this call (the chaos API): "kill_in_entry"
     # or "" for none. Sent only when set, so ordinary calls keep four items.
-    fault: str = ""
+    fault: str
+
+    def __init__(self, call_id: int, entry_id: str, args: dict[str, Any], fault: str = "") -> None:
+        _set(self, "call_id", call_id)
+        _set(self, "entry_id", entry_id)
+        _set(self, "args", args)
+        _set(self, "fault", fault)
 
     def to_wire(self) -> list[Any]:
         base = ["call", self.call_id, self.entry_id, self.args]
         return [*base, self.fault] if self.fault else base
 
 
-@dataclass(frozen=True, slots=True)
-class Result:
+class Result(Record):
+    __slots__ = ("call_id", "ok", "value", "error")
     call_id: int
     ok: bool
-    value: Any = None
-    error: ErrorInfo | None = None
+    value: Any
+    error: ErrorInfo | None
+
+    def __init__(self, call_id: int, ok: bool, value: Any = None, error: ErrorInfo | None = None) -> None:
+        _set(self, "call_id", call_id)
+        _set(self, "ok", ok)
+        _set(self, "value", value)
+        _set(self, "error", error)
 
     def to_wire(self) -> list[Any]:
         if self.ok:
@@ -147,43 +194,60 @@ class Result:
         return ["result", self.call_id, False, self.error.to_wire()]
 
 
-@dataclass(frozen=True, slots=True)
-class Cancel:
+class Cancel(Record):
+    __slots__ = ("call_id",)
     call_id: int
+
+    def __init__(self, call_id: int) -> None:
+        _set(self, "call_id", call_id)
 
     def to_wire(self) -> list[Any]:
         return ["cancel", self.call_id]
 
 
-@dataclass(frozen=True, slots=True)
-class Log:
+class Log(Record):
+    __slots__ = ("level", "logger", "text")
     level: int
     logger: str
     text: str
+
+    def __init__(self, level: int, logger: str, text: str) -> None:
+        _set(self, "level", level)
+        _set(self, "logger", logger)
+        _set(self, "text", text)
 
     def to_wire(self) -> list[Any]:
         return ["log", self.level, self.logger, self.text]
 
 
-@dataclass(frozen=True, slots=True)
-class Ping:
+class Ping(Record):
+    __slots__ = ("nonce",)
     nonce: int
+
+    def __init__(self, nonce: int) -> None:
+        _set(self, "nonce", nonce)
 
     def to_wire(self) -> list[Any]:
         return ["ping", self.nonce]
 
 
-@dataclass(frozen=True, slots=True)
-class Pong:
+class Pong(Record):
+    __slots__ = ("nonce",)
     nonce: int
+
+    def __init__(self, nonce: int) -> None:
+        _set(self, "nonce", nonce)
 
     def to_wire(self) -> list[Any]:
         return ["pong", self.nonce]
 
 
-@dataclass(frozen=True, slots=True)
-class Shutdown:
-    grace: float = 0.0  # seconds the worker may wait for calls in flight before its shutdown hooks
+class Shutdown(Record):
+    __slots__ = ("grace",)
+    grace: float  # seconds the worker may wait for calls in flight before its shutdown hooks
+
+    def __init__(self, grace: float = 0.0) -> None:
+        _set(self, "grace", grace)
 
     def to_wire(self) -> list[Any]:
         return ["shutdown", self.grace]

@@ -31,11 +31,11 @@ import resource
 import signal
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
 from protocol.exits import EXIT_NO_RESOURCES, EXIT_OUT_OF_MEMORY
+from protocol.record import Record
 
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
@@ -48,15 +48,26 @@ LAST_CAP = 63  # PR_CAPBSET_DROP rejects numbers past the kernel's last capabili
 _scoped_worker_pid: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Limits:
-    """What the supervisor asks for (0 means no limit)."""
+class Limits(Record):
+    """What the supervisor asks for (0 means no limit). A frozen record, not a
+    dataclass: no methods compiled at every worker's start (protocol/record.py)."""
 
-    data_limit_mb: int = 0
-    cpu_time_limit: float = 0.0
-    max_open_files: int = 0
-    sandbox: str = "off"          # "off" | "on" | "required"
-    network: bool = False
+    __slots__ = ("data_limit_mb", "cpu_time_limit", "max_open_files", "sandbox", "network")
+    data_limit_mb: int
+    cpu_time_limit: float
+    max_open_files: int
+    sandbox: str          # "off" | "on" | "required"
+    network: bool
+
+    def __init__(
+        self, data_limit_mb: int = 0, cpu_time_limit: float = 0.0, max_open_files: int = 0, sandbox: str = "off",
+        network: bool = False,
+    ) -> None:
+        object.__setattr__(self, "data_limit_mb", data_limit_mb)
+        object.__setattr__(self, "cpu_time_limit", cpu_time_limit)
+        object.__setattr__(self, "max_open_files", max_open_files)
+        object.__setattr__(self, "sandbox", sandbox)
+        object.__setattr__(self, "network", network)
 
 
 class SandboxRefused(Exception):

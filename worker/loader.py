@@ -18,11 +18,11 @@ import importlib.util
 import inspect
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from protocol.record import Record
 from worker.schema import schema_from_signature
 from worker.sdk import (
     ENTRY_MARK,
@@ -49,16 +49,27 @@ class LoadError(Exception):
     """The plugin folder cannot be turned into a plugin; the message names file and key."""
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
+# Frozen records (protocol.record), not dataclasses: every worker builds these
+# classes at start-up, and a dataclass compiles its methods each time.
+_set = object.__setattr__
+
+
+class WorkerConfig(Record):
+    __slots__ = ("plugin_id", "config_path", "entry", "max_concurrency")
     plugin_id: str
     config_path: Path
     entry: str | None
     max_concurrency: int
 
+    def __init__(self, plugin_id: str, config_path: Path, entry: str | None, max_concurrency: int) -> None:
+        _set(self, "plugin_id", plugin_id)
+        _set(self, "config_path", config_path)
+        _set(self, "entry", entry)
+        _set(self, "max_concurrency", max_concurrency)
 
-@dataclass(frozen=True, slots=True)
-class Entry:
+
+class Entry(Record):
+    __slots__ = ("id", "name", "description", "input_schema", "timeout", "func", "signature", "is_async", "required", "accepted")
     id: str
     name: str
     description: str
@@ -69,8 +80,24 @@ class Entry:
     is_async: bool
     # Precomputed from the signature so the common case checks arguments with
     # two set operations instead of Signature.bind (None: always use bind).
-    required: frozenset[str] | None = None
-    accepted: frozenset[str] | None = None  # None: any keyword (**kwargs)
+    required: frozenset[str] | None
+    accepted: frozenset[str] | None  # None: any keyword (**kwargs)
+
+    def __init__(
+        self, id: str, name: str, description: str, input_schema: Any, timeout: float | None,
+        func: Callable[..., Any], signature: inspect.Signature, is_async: bool,
+        required: frozenset[str] | None = None, accepted: frozenset[str] | None = None,
+    ) -> None:
+        _set(self, "id", id)
+        _set(self, "name", name)
+        _set(self, "description", description)
+        _set(self, "input_schema", input_schema)
+        _set(self, "timeout", timeout)
+        _set(self, "func", func)
+        _set(self, "signature", signature)
+        _set(self, "is_async", is_async)
+        _set(self, "required", required)
+        _set(self, "accepted", accepted)
 
     def arguments_fit(self, args: dict[str, Any]) -> bool:
         """True if `args` bind; a False answer is explained by `signature.bind`."""
@@ -84,20 +111,35 @@ class Entry:
         return self.required <= keys and (self.accepted is None or keys <= self.accepted)
 
 
-@dataclass(frozen=True, slots=True)
-class Timer:
+class Timer(Record):
+    __slots__ = ("id", "seconds", "func", "is_async")
     id: str
     seconds: float
     func: Callable[..., Any]
     is_async: bool
 
+    def __init__(self, id: str, seconds: float, func: Callable[..., Any], is_async: bool) -> None:
+        _set(self, "id", id)
+        _set(self, "seconds", seconds)
+        _set(self, "func", func)
+        _set(self, "is_async", is_async)
 
-@dataclass(frozen=True, slots=True)
-class PluginParts:
+
+class PluginParts(Record):
+    __slots__ = ("entries", "startup", "shutdown", "timers")
     entries: dict[str, Entry]
     startup: tuple[Callable[..., Any], ...]
     shutdown: tuple[Callable[..., Any], ...]
     timers: tuple[Timer, ...]
+
+    def __init__(
+        self, entries: dict[str, Entry], startup: tuple[Callable[..., Any], ...],
+        shutdown: tuple[Callable[..., Any], ...], timers: tuple[Timer, ...],
+    ) -> None:
+        _set(self, "entries", entries)
+        _set(self, "startup", startup)
+        _set(self, "shutdown", shutdown)
+        _set(self, "timers", timers)
 
 
 def read_config(plugin_dir: Path) -> WorkerConfig:

@@ -3,7 +3,9 @@
     from worker.sdk import NekoPluginBase, neko_plugin, plugin_entry, lifecycle, timer_interval, Ok, Err, SdkError
 
 Decorators only *mark* functions and classes (an attribute holding a frozen
-spec); the worker's loader reads the marks. So the decorators stack in any
+spec); the worker's loader reads the marks. The specs, `PluginContext`, `Ok`
+and `Err` are frozen records (`protocol.record`: frozen, slotted dataclasses
+without the cost of building their methods at every worker's start). So the decorators stack in any
 order with others that use `functools.wraps` (tenacity's `@retry` included):
 `wraps` copies `__dict__`, and we also look through `__wrapped__`.
 """
@@ -13,9 +15,10 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, overload
+
+from protocol.record import Record
 
 ENTRY_MARK = "__neko_entry__"
 LIFECYCLE_MARK = "__neko_lifecycle__"
@@ -32,33 +35,55 @@ class SdkError(Exception):
     """The SDK was used wrongly (a bad decorator argument, a duplicate entry id, ...)."""
 
 
-@dataclass(frozen=True, slots=True)
-class EntrySpec:
+_set = object.__setattr__  # how a frozen record's __init__ fills its slots
+
+
+class EntrySpec(Record):
+    __slots__ = ("id", "name", "description", "input_schema", "timeout")
     id: str | None
     name: str | None
     description: str
     input_schema: Any
     timeout: float | None
 
+    def __init__(self, id: str | None, name: str | None, description: str, input_schema: Any, timeout: float | None) -> None:
+        _set(self, "id", id)
+        _set(self, "name", name)
+        _set(self, "description", description)
+        _set(self, "input_schema", input_schema)
+        _set(self, "timeout", timeout)
 
-@dataclass(frozen=True, slots=True)
-class LifecycleSpec:
+
+class LifecycleSpec(Record):
+    __slots__ = ("event",)
     event: str
 
+    def __init__(self, event: str) -> None:
+        _set(self, "event", event)
 
-@dataclass(frozen=True, slots=True)
-class TimerSpec:
+
+class TimerSpec(Record):
+    __slots__ = ("id", "seconds")
     id: str | None
     seconds: float
 
+    def __init__(self, id: str | None, seconds: float) -> None:
+        _set(self, "id", id)
+        _set(self, "seconds", seconds)
 
-@dataclass(frozen=True, slots=True)
-class PluginContext:
+
+class PluginContext(Record):
     """What a plugin is given at construction. `config_path` is its `plugin.toml`."""
 
+    __slots__ = ("plugin_id", "config_path", "logger")
     plugin_id: str
     config_path: Path
     logger: logging.Logger
+
+    def __init__(self, plugin_id: str, config_path: Path, logger: logging.Logger) -> None:
+        _set(self, "plugin_id", plugin_id)
+        _set(self, "config_path", config_path)
+        _set(self, "logger", logger)
 
     @property
     def plugin_dir(self) -> Path:
@@ -77,22 +102,29 @@ class NekoPluginBase:
         return self.ctx.plugin_id
 
 
-@dataclass(frozen=True, slots=True)
-class Ok:
+class Ok(Record):
     """An explicit successful result: the caller receives `value`."""
 
-    value: Any = None
+    __slots__ = ("value",)
+    value: Any
+
+    def __init__(self, value: Any = None) -> None:
+        _set(self, "value", value)
 
 
-@dataclass(frozen=True, slots=True)
-class Err:
+class Err(Record):
     """An explicit failed result: the caller gets `EntryFailed` with this type and message.
 
     `Err("no such key")`, `Err(KeyError("k"))` or `Err("busy", type="Busy")`.
     """
 
+    __slots__ = ("error", "type")
     error: str | BaseException
-    type: str | None = None
+    type: str | None
+
+    def __init__(self, error: str | BaseException, type: str | None = None) -> None:
+        _set(self, "error", error)
+        _set(self, "type", type)
 
     @property
     def type_name(self) -> str:
