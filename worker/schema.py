@@ -41,6 +41,9 @@ def schema_from_signature(signature: inspect.Signature) -> dict[str, Any]:
         json_type = _json_type(param.annotation)
         if json_type is not None:
             spec["type"] = json_type
+        choices = _literal_choices(param.annotation)
+        if choices is not None:
+            spec["enum"] = choices
         if param.default is inspect.Parameter.empty:
             required.append(param.name)
         elif param.default is not None and _is_json_scalar(param.default):  # None: "optional", not a value to show
@@ -61,6 +64,8 @@ def _json_type(annotation: Any) -> str | None:
     if isinstance(annotation, str):
         return _json_type_of_text(annotation)
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return None  # not a type: schema_from_signature() makes it an enum
     if origin in (typing.Union, types.UnionType):
         kinds = {_json_type(arg) for arg in typing.get_args(annotation) if arg is not type(None)}
         return kinds.pop() if len(kinds) == 1 else None
@@ -82,3 +87,14 @@ def _is_json_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
     return isinstance(value, (bool, int, str))
+
+
+def _literal_choices(annotation: Any) -> list[Any] | None:
+    """`Literal["a", "b"]` (or `Literal[...] | None`): its values, if all are JSON scalars."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        literals = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _literal_choices(literals[0]) if len(literals) == 1 else None
+    if typing.get_origin(annotation) is not typing.Literal:
+        return None
+    values = list(typing.get_args(annotation))
+    return values if values and all(_is_json_scalar(value) for value in values) else None
