@@ -54,7 +54,7 @@ def meets(figure: Figure, value: float | None) -> str:
         return ""
     ok = value >= figure.target if figure.higher_is_better else value <= figure.target
     sign = ">=" if figure.higher_is_better else "<="
-    return f"{'yes' if ok else 'NO'} ({sign} {figure.target:g}x)"
+    return f"{'yes' if ok else 'NO'} ({sign} {figure.target:.3g}x)"
 
 
 def _number(value: float) -> str:
