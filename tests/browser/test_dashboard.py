@@ -109,7 +109,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`neko-supervisor serve` as an operator starts it, with echo, crash, forms and chatty."""
     root = tmp_path_factory.mktemp("dashboard")
     plugins = copy_plugins(FAULT_PLUGINS, root / "plugins", ["echo", "crash"])
-    make_plugin(plugins, "forms", {"__init__.py": FORMS}, entry="forms:Forms")
+    make_plugin(plugins, "forms", {"__init__.py": FORMS}, entry="forms:Forms", max_restart=3)  # a typo, on purpose
     make_plugin(plugins, "chatty", {"__init__.py": CHATTY}, entry="chatty:Chatty")
     with open(root / "serve.stderr", "w") as stderr:  # the child keeps its own copy
         process = subprocess.Popen(
@@ -252,6 +252,8 @@ def test_a_form_from_a_declared_schema_calls_the_entry_and_shows_markup_as_text(
     page = view.page
     sign_in(page)
     row(page, "forms").click()
+    expect(page.locator("#detail-warnings")).to_contain_text("max_restart")  # its plugin.toml's typo, named
+    expect(page.locator("#detail-confinement")).to_contain_text("sandbox: not requested")
     form = page.locator('.entry[data-entry="forecast"]')
     expect(form).to_contain_text('<b id=injected>bold</b>')  # the description, as text
     expect(form.locator("input[name=days]")).to_have_value("2")

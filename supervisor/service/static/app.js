@@ -401,6 +401,9 @@ function openDetail(id) {
   $("#entries").replaceChildren();
   $("#log").replaceChildren();
   $("#log-note").textContent = "";
+  $("#detail-confinement").textContent = "";
+  $("#detail-warnings").replaceChildren();
+  $("#detail-warnings").hidden = true;
   $("#action-result").textContent = "";
   $("#chart").replaceChildren();
   $("#chart-caption").textContent = "";
@@ -452,6 +455,7 @@ async function loadEntries(id, panel) {
     return;
   }
   if (app.panel !== panel) return;
+  showConfinement(detail);
   const entries = JSON.stringify(detail.entries);
   if (entries === app.entries) return; // keep what the user typed in the forms
   app.entries = entries;
@@ -464,6 +468,26 @@ async function loadEntries(id, panel) {
     const call = async (args) => (await api("POST", pluginPath(id, `/entries/${encodeURIComponent(entry.id)}`), args)).value;
     list.append(entryForm(entry, call));
   }
+}
+
+// How the current worker is confined, as it reported, and what looks wrong in its plugin.toml.
+function showConfinement(detail) {
+  const p = detail.protections || {};
+  const watcher = p.watcher || {};
+  const parts = [];
+  if (p.sandbox) parts.push(`sandbox: ${p.sandbox.reason || p.sandbox.requested}`);
+  if (watcher.memory_limit_mb) parts.push(`memory limit ${watcher.memory_limit_mb} MiB`);
+  if (watcher.cpu_time_limit) parts.push(`CPU limit ${watcher.cpu_time_limit} s`);
+  if (watcher.max_processes) parts.push(`at most ${watcher.max_processes} processes`);
+  if (detail.log_path) parts.push(`log file ${detail.log_path}`);
+  setText($("#detail-confinement"), parts.join(" · "));
+  const warnings = $("#detail-warnings");
+  warnings.replaceChildren(...(detail.warnings || []).map((text) => {
+    const item = document.createElement("li");
+    item.textContent = text;
+    return item;
+  }));
+  warnings.hidden = !warnings.childElementCount;
 }
 
 // New log lines since the last look, appended (what a reader selected stays selected).
