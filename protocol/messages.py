@@ -170,8 +170,15 @@ class Call(Record):
         _set(self, "fault", fault)
 
     def to_wire(self) -> list[Any]:
-        base = ["call", self.call_id, self.entry_id, self.args]
-        return [*base, self.fault] if self.fault else base
+        return call_to_wire(self.call_id, self.entry_id, self.args, self.fault)
+
+
+def call_to_wire(call_id: int, entry_id: str, args: dict[str, Any], fault: str = "") -> list[Any]:
+    """A call's wire shape. The supervisor's call path encodes it straight from its
+    parts (no `Call` record per call); `Call.to_wire` uses the same function."""
+    if fault:
+        return ["call", call_id, entry_id, args, fault]
+    return ["call", call_id, entry_id, args]
 
 
 class Result(Record):
