@@ -319,10 +319,17 @@ def _decode_call(obj: list[Any]) -> Call:
 
 
 def _decode_result(obj: list[Any]) -> Result:
-    _arity(obj, 4)
-    call_id = _expect(obj[1], int, "result.call_id")
-    if _expect(obj[2], bool, "result.ok"):
+    # The hot path of every call: msgpack gives exact types, so `type(...) is` settles
+    # the usual frame at once; anything else takes `_expect`, which also words the error.
+    if len(obj) != 4:
+        _arity(obj, 4)
+    call_id, ok = obj[1], obj[2]
+    if type(call_id) is not int:
+        call_id = _expect(call_id, int, "result.call_id")
+    if ok is True:
         return Result(call_id, True, obj[3])
+    if ok is not False:
+        _expect(ok, bool, "result.ok")
     return Result(call_id, False, None, ErrorInfo.from_wire(obj[3]))
 
 

@@ -334,3 +334,14 @@ def test_the_call_fast_path_writes_the_same_bytes(call_id: int, entry_id: str, a
     assert encoder.encode_call(call_id, entry_id, args, fault) == encode_message(Call(call_id, entry_id, args, fault))
     assert encoder.encode(Call(call_id, entry_id, args, fault)) == encode_message(Call(call_id, entry_id, args, fault))
 
+
+@pytest.mark.parametrize("call_id", [True, False, 1.0, "7", None], ids=repr)
+def test_a_result_call_id_of_another_type_is_rejected(call_id: Any) -> None:
+    with pytest.raises(ProtocolError, match=r"result\.call_id has the wrong type"):
+        decode_message(["result", call_id, True, None])
+
+
+@pytest.mark.parametrize("ok", [1, 0, None, "true"], ids=repr)
+def test_a_result_ok_that_is_not_a_bool_is_rejected(ok: Any) -> None:
+    with pytest.raises(ProtocolError, match=r"result\.ok has the wrong type"):
+        decode_message(["result", 7, ok, None])
