@@ -4,9 +4,17 @@ A leaf package: it imports neither `worker` nor `supervisor`. See
 `protocol/messages.py` for the message table and `protocol/README.md`.
 """
 
-from protocol.codec import MessageDecoder, encode_message
+from protocol.codec import MessageDecoder, MessageEncoder, encode_message
 from protocol.errors import ProtocolError
-from protocol.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode, frame, pack, unpack
+from protocol.framing import (
+    DEFAULT_MAX_FRAME_SIZE,
+    FrameDecoder,
+    FrameEncoder,
+    encode,
+    frame,
+    pack,
+    unpack,
+)
 from protocol.messages import (
     ERROR_KINDS,
     PROTOCOL_VERSION,
@@ -39,10 +47,12 @@ __all__ = [
     "ErrorInfo",
     "Fatal",
     "FrameDecoder",
+    "FrameEncoder",
     "Hello",
     "Log",
     "Message",
     "MessageDecoder",
+    "MessageEncoder",
     "Ping",
     "Pong",
     "ProtocolError",

@@ -10,6 +10,11 @@ became complete; the length is checked against `max_frame_size` as soon as the
 cannot make us allocate a huge buffer. `pack()` / `unpack()` are the only
 places msgpack is called, so the wire format (and its error translation) lives
 in one module. Pickle is never used.
+
+`pack()` builds a msgpack Packer per call, which is safe from any thread; a
+`FrameEncoder` keeps one Packer (building it costs more than packing a small
+call), so it belongs to one thread: the supervisor's loop thread, which writes
+every frame it sends. The worker writes results from pool threads and keeps `pack()`.
 """
 
 from __future__ import annotations
@@ -55,6 +60,25 @@ def frame(body: bytes, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
 def encode(obj: Any, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
     """`pack` then `frame`: the bytes to write for one message."""
     return frame(pack(obj), max_frame_size)
+
+
+class FrameEncoder:
+    """`encode()` with one reused msgpack Packer: the same bytes, without building a
+    Packer per frame. Not thread-safe: the Packer's buffer is shared between calls.
+
+    A pack that raises (`TypeError` for an object msgpack cannot encode) resets
+    the Packer's buffer, so the next frame starts clean.
+    """
+
+    __slots__ = ("_pack", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._pack = msgpack.Packer(use_bin_type=True).pack  # autoreset: each call returns one body
+
+    def encode(self, obj: Any) -> bytes:
+        """`encode(obj, max_frame_size)`: the bytes to write for one message."""
+        return frame(self._pack(obj), self.max_frame_size)
 
 
 class FrameDecoder:

@@ -170,8 +170,15 @@ class Call(Record):
         _set(self, "fault", fault)
 
     def to_wire(self) -> list[Any]:
-        base = ["call", self.call_id, self.entry_id, self.args]
-        return [*base, self.fault] if self.fault else base
+        return call_to_wire(self.call_id, self.entry_id, self.args, self.fault)
+
+
+def call_to_wire(call_id: int, entry_id: str, args: dict[str, Any], fault: str = "") -> list[Any]:
+    """A call's wire shape. The supervisor's call path encodes it straight from its
+    parts (no `Call` record per call); `Call.to_wire` uses the same function."""
+    if fault:
+        return ["call", call_id, entry_id, args, fault]
+    return ["call", call_id, entry_id, args]
 
 
 class Result(Record):
@@ -312,10 +319,17 @@ def _decode_call(obj: list[Any]) -> Call:
 
 
 def _decode_result(obj: list[Any]) -> Result:
-    _arity(obj, 4)
-    call_id = _expect(obj[1], int, "result.call_id")
-    if _expect(obj[2], bool, "result.ok"):
+    # The hot path of every call: msgpack gives exact types, so `type(...) is` settles
+    # the usual frame at once; anything else takes `_expect`, which also words the error.
+    if len(obj) != 4:
+        _arity(obj, 4)
+    call_id, ok = obj[1], obj[2]
+    if type(call_id) is not int:
+        call_id = _expect(call_id, int, "result.call_id")
+    if ok is True:
         return Result(call_id, True, obj[3])
+    if ok is not False:
+        _expect(ok, bool, "result.ok")
     return Result(call_id, False, None, ErrorInfo.from_wire(obj[3]))
 
 

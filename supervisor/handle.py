@@ -129,6 +129,8 @@ class WorkerHandle:
         self.token = uuid.uuid4().hex
         self.env = {**env, process.TAG_VARIABLE: self.token}
         self.max_frame_size = max_frame_size
+        # Every frame to this worker is written from the loop thread: one reused Packer serves them all.
+        self._encoder = protocol.MessageEncoder(max_frame_size)
         self.state = WorkerState.STARTING
         self.entries: dict[str, EntryInfo] = {}
         self.exit: ExitInfo | None = None
@@ -352,9 +354,9 @@ class WorkerHandle:
         self._next_id += 1
         call_id = self._next_id
         # Encoded at once, so the caller's own dict can go on the wire uncopied.
-        call = Call(call_id, entry_id, args if type(args) is dict else dict(args))
+        args = args if type(args) is dict else dict(args)
         try:
-            data = protocol.encode_message(call, self.max_frame_size)
+            data = self._encoder.encode_call(call_id, entry_id, args)
         except (TypeError, ValueError, OverflowError) as exc:
             raise InvalidArguments(f"arguments for {self.plugin_id}.{entry_id} cannot be encoded: {exc}") from exc
         except protocol.ProtocolError as exc:
@@ -363,7 +365,7 @@ class WorkerHandle:
         self._pending[call_id] = _Pending(entry_id, future)
         fault = self._chaos.take_call_fault(entry_id) if self._chaos is not None else None
         if fault is not None:
-            data = self._inject_into_call(*fault, call, data)
+            data = self._inject_into_call(*fault, Call(call_id, entry_id, args), data)
             if not data:
                 return call_id, future
         self._out(data, "call", call_id)
@@ -377,7 +379,7 @@ class WorkerHandle:
             # recorded when the worker dies with the call open (see _finish), and armed
             # again if the call is answered (its entry never ran: bad arguments, cancelled).
             try:
-                faulty = protocol.encode_message(Call(call.call_id, call.entry_id, call.args, "kill_in_entry"), self.max_frame_size)
+                faulty = self._encoder.encode_call(call.call_id, call.entry_id, call.args, "kill_in_entry")
             except protocol.ProtocolError:  # the fault's few bytes tip the call over the frame limit
                 self._chaos.rearm_call_fault(phase, armed_for)
                 return data
@@ -521,7 +523,7 @@ class WorkerHandle:
         process.signal_group(self._proc.pid, self._pidfd, sig)
 
     def _send(self, message: Message) -> None:
-        self._out(protocol.encode_message(message, self.max_frame_size), type(message).__name__.lower())
+        self._out(self._encoder.encode(message), type(message).__name__.lower())
 
     def _out(self, data: bytes, what: str, call_id: int | None = None) -> None:
         if self._tap is not None and self._tap.chaos.touches_frames:

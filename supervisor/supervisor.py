@@ -174,9 +174,9 @@ class Supervisor:
         slot = self._slot(plugin_id)
         if args is None:
             args = {}
-        elif not isinstance(args, Mapping):
+        elif type(args) is not dict and not isinstance(args, Mapping):  # a dict skips the slower ABC check
             raise InvalidArguments(f"args must be a mapping of argument names to values, got {type(args).__name__}")
-        elif not all(isinstance(key, str) for key in args):
+        elif not _all_str(args):
             raise InvalidArguments("args keys must all be strings (argument names)")
         if timeout is not None and not _positive_number(timeout):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
@@ -250,6 +250,14 @@ class Supervisor:
         if slot is None:
             raise PluginNotFound(plugin_id, list(self._slots))
         return slot
+
+
+def _all_str(keys: Iterable[object]) -> bool:
+    # A plain loop, not all() over a generator (SIM110): a generator per call on every call's path costs ~0.25 us.
+    for key in keys:  # noqa: SIM110  # see above
+        if not isinstance(key, str):
+            return False
+    return True
 
 
 def _positive_number(value: object) -> bool:

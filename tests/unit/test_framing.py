@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     FrameDecoder,
+    FrameEncoder,
     MessageDecoder,
     ProtocolError,
     encode,
@@ -273,3 +274,23 @@ def test_garbage_bodies_in_valid_frames_raise_only_protocol_error(bodies: list[b
 def test_framed_msgpack_values_decode_or_raise_protocol_error(value: Any) -> None:
     error = error_of(lambda: MessageDecoder().feed(encode(value)))
     assert error is None or isinstance(error, ProtocolError), repr(error)
+
+
+@FAST
+@given(values=st.lists(msgpack_values, max_size=5))
+def test_a_reused_encoder_writes_what_encode_writes(values: list[Any]) -> None:
+    encoder = FrameEncoder()
+    for value in values:
+        assert encoder.encode(value) == encode(value)
+
+
+def test_a_reused_encoder_starts_clean_after_a_failed_pack() -> None:
+    encoder = FrameEncoder()
+    with pytest.raises(TypeError):
+        encoder.encode(["call", 1, "e", {"a": object()}])
+    assert encoder.encode([1, 2]) == encode([1, 2])
+
+
+def test_a_reused_encoder_refuses_a_frame_over_its_limit() -> None:
+    with pytest.raises(ProtocolError):
+        FrameEncoder(max_frame_size=8).encode(b"x" * 16)

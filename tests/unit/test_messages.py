@@ -22,6 +22,7 @@ from protocol import (
     Log,
     Message,
     MessageDecoder,
+    MessageEncoder,
     Ping,
     Pong,
     ProtocolError,
@@ -320,3 +321,27 @@ def test_a_call_carries_a_fault_only_when_one_is_set() -> None:
     assert decode_message(faulty.to_wire()) == faulty
     with pytest.raises(ProtocolError, match=r"call\.fault"):
         decode_message(["call", 7, "greet", {}, "explode"])
+
+
+@given(
+    call_id=st.integers(min_value=INT64_MIN, max_value=INT64_MAX),
+    entry_id=st.text(),
+    args=st.dictionaries(st.text(), msgpack_values, max_size=5),
+    fault=st.sampled_from(["", "kill_in_entry"]),
+)
+def test_the_call_fast_path_writes_the_same_bytes(call_id: int, entry_id: str, args: dict[str, Any], fault: str) -> None:
+    encoder = MessageEncoder()
+    assert encoder.encode_call(call_id, entry_id, args, fault) == encode_message(Call(call_id, entry_id, args, fault))
+    assert encoder.encode(Call(call_id, entry_id, args, fault)) == encode_message(Call(call_id, entry_id, args, fault))
+
+
+@pytest.mark.parametrize("call_id", [True, False, 1.0, "7", None], ids=repr)
+def test_a_result_call_id_of_another_type_is_rejected(call_id: Any) -> None:
+    with pytest.raises(ProtocolError, match=r"result\.call_id has the wrong type"):
+        decode_message(["result", call_id, True, None])
+
+
+@pytest.mark.parametrize("ok", [1, 0, None, "true"], ids=repr)
+def test_a_result_ok_that_is_not_a_bool_is_rejected(ok: Any) -> None:
+    with pytest.raises(ProtocolError, match=r"result\.ok has the wrong type"):
+        decode_message(["result", 7, ok, None])
