@@ -310,14 +310,23 @@ def test_it_fits_a_phone_in_the_dark_theme(open_page: Callable[..., Page]) -> No
     assert view.unexpected() == []
 
 
-def test_stop_and_start_buttons(open_page: Callable[..., Page]) -> None:
+def test_stop_and_start_buttons_with_the_summary_and_the_filter(open_page: Callable[..., Page]) -> None:
     view = open_page()
     page = view.page
     sign_in(page)
+    expect(page.locator("#summary")).to_have_text("4 plugins: 4 running")
+    page.fill("#filter", "ECH")  # id, name or state, case ignored
+    expect(page.locator("tbody tr:visible")).to_have_count(1)
+    expect(row(page, "echo")).to_be_visible()
     row(page, "echo").click()
     page.click('#detail button[data-action="stop"]')
     expect(page.locator("#action-result")).to_have_text("stop: stopped")
     expect(cell(page, "echo", "state")).to_have_text("stopped")
+    expect(page.locator("#summary")).to_have_text("4 plugins: 3 running 1 stopped")
+    page.fill("#filter", "stopped")
+    expect(page.locator("tbody tr:visible")).to_have_count(1)
+    page.fill("#filter", "")
+    expect(page.locator("tbody tr:visible")).to_have_count(4)
     expect(cell(page, "echo", "pid")).to_have_text(NO_VALUE)
     expect(page.locator("#detail-state")).to_have_text("stopped")
     page.click('#detail button[data-action="start"]')

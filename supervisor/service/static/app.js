@@ -284,7 +284,39 @@ function render(snapshot) {
     }
   }
   $("#no-plugins").hidden = app.plugins.size > 0;
+  showSummary();
+  applyFilter();
   if (app.selected && app.plugins.has(app.selected)) refreshDetail(app.plugins.get(app.selected));
+}
+
+// "5 plugins: 4 running, 1 failed": the states in a fixed order, problems last so they stand out.
+const STATE_ORDER = ["running", "starting", "stopped", "backoff", "failed"];
+
+function showSummary() {
+  const counts = new Map();
+  for (const plugin of app.plugins.values()) counts.set(plugin.state, (counts.get(plugin.state) || 0) + 1);
+  const key = JSON.stringify([...counts].sort());
+  const summary = $("#summary");
+  if (summary.dataset.key === key) return;
+  summary.dataset.key = key;
+  const parts = [document.createTextNode(`${app.plugins.size} plugin${app.plugins.size === 1 ? "" : "s"}:`)];
+  const states = [...counts.keys()].sort((a, b) => STATE_ORDER.indexOf(a) - STATE_ORDER.indexOf(b));
+  for (const state of states) {
+    const badge = textSpan(`state state-${state}`, `${counts.get(state)} ${state}`);
+    badge.dataset.state = state;
+    parts.push(document.createTextNode(" "), badge);
+  }
+  summary.replaceChildren(...parts);
+}
+
+// Rows whose id, name or state contain every word typed (case ignored).
+function applyFilter() {
+  const words = $("#filter").value.toLowerCase().split(/\s+/).filter(Boolean);
+  for (const [id, row] of app.rows) {
+    const plugin = app.plugins.get(id);
+    const text = `${id} ${plugin.name} ${plugin.state}`.toLowerCase();
+    row.hidden = !words.every((word) => text.includes(word));
+  }
 }
 
 const COLUMNS = ["name", "state", "pid", "restarts", "uptime", "memory", "calls", "failures"];
@@ -588,6 +620,7 @@ function main() {
   });
   $("#sign-out").addEventListener("click", () => signOut(""));
   $("#close-detail").addEventListener("click", closeDetail);
+  $("#filter").addEventListener("input", applyFilter);
   for (const button of document.querySelectorAll("[data-action]")) {
     button.addEventListener("click", () => lifecycle(button.dataset.action));
   }
