@@ -66,19 +66,33 @@ class FrameEncoder:
     """`encode()` with one reused msgpack Packer: the same bytes, without building a
     Packer per frame. Not thread-safe: the Packer's buffer is shared between calls.
 
-    A pack that raises (`TypeError` for an object msgpack cannot encode) resets
-    the Packer's buffer, so the next frame starts clean.
+    A Packer's buffer grows to its largest message and never shrinks: after a
+    large one (or a pack that raised part-way), the Packer is replaced, so one
+    16 MiB argument does not pin twice that for the life of the worker.
     """
 
     __slots__ = ("_pack", "max_frame_size")
 
+    KEEP_BELOW = 1 << 20  # bytes of a body after which the Packer is not kept
+
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
-        self._pack = msgpack.Packer(use_bin_type=True).pack  # autoreset: each call returns one body
+        self._pack = self._new_packer()
+
+    @staticmethod
+    def _new_packer() -> Any:
+        return msgpack.Packer(use_bin_type=True).pack  # autoreset: each call returns one body
 
     def encode(self, obj: Any) -> bytes:
         """`encode(obj, max_frame_size)`: the bytes to write for one message."""
-        return frame(self._pack(obj), self.max_frame_size)
+        try:
+            body = self._pack(obj)
+        except BaseException:
+            self._pack = self._new_packer()
+            raise
+        if len(body) >= self.KEEP_BELOW:
+            self._pack = self._new_packer()
+        return frame(body, self.max_frame_size)
 
 
 class FrameDecoder:

@@ -482,6 +482,8 @@ class PluginSlot:
                 try:
                     return await future
                 except asyncio.CancelledError:
+                    if future.done() and not future.cancelled():
+                        future.exception()  # a timeout in the same turn: read, or asyncio logs it as lost
                     handle.abandon(call_id, self.options.cancel_grace)  # the caller's own cancellation
                     raise
                 finally:
@@ -497,8 +499,9 @@ class PluginSlot:
         to cancel the call, and killed if it has not ended within `cancel_grace`."""
         if future.done():
             return  # its result came in this same turn of the loop: the caller has it
-        handle.abandon(call_id, self.options.cancel_grace)
+        # The caller's answer first: if asking the worker to cancel fails, nobody may be left waiting.
         future.set_exception(CallTimeout(self.id, entry_id, timeout))
+        handle.abandon(call_id, self.options.cancel_grace)
 
     async def _call_after_waiting(self, entry_id: str, args: Mapping[str, Any], timeout: float, deadline: float) -> Any:
         # One deadline over the whole path (queue, worker start, the call itself).

@@ -312,7 +312,7 @@ def _make_entry(attr_name: str, spec: EntrySpec, bound: Callable[..., Any], func
         id=spec.id or attr_name,
         name=spec.name or attr_name,
         description=spec.description,
-        input_schema=spec.input_schema if spec.input_schema is not None else schema_from_signature(signature),
+        input_schema=spec.input_schema if spec.input_schema is not None else _derived_schema(signature),
         timeout=spec.timeout,
         func=bound,
         signature=signature,
@@ -320,6 +320,14 @@ def _make_entry(attr_name: str, spec: EntrySpec, bound: Callable[..., Any], func
         required=required if simple else None,
         accepted=accepted if simple else None,
     )
+
+
+def _derived_schema(signature: inspect.Signature) -> Any:
+    # Documentation only: whatever a signature holds must never keep a plugin from starting.
+    try:
+        return schema_from_signature(signature)
+    except Exception:
+        return None
 
 
 def is_async_callable(func: Any) -> bool:

@@ -80,12 +80,14 @@ class EntryThreads:
                 job()
             except BaseException as exc:
                 self._on_escaped(exc)
-            with self._lock:
-                self._finished.append(call_id)
-                first = len(self._finished) == 1
-            if first:
-                with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting
-                    self._loop.call_soon_threadsafe(self._collect)
+            finally:
+                # Reported whatever happened above, or the call would stay in flight for ever.
+                with self._lock:
+                    self._finished.append(call_id)
+                    first = len(self._finished) == 1
+                if first:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: the worker is exiting
+                        self._loop.call_soon_threadsafe(self._collect)
 
     def _collect(self) -> None:
         with self._lock:

@@ -69,7 +69,8 @@ def _json_type(annotation: Any) -> str | None:
     if origin in (typing.Union, types.UnionType):
         kinds = {_json_type(arg) for arg in typing.get_args(annotation) if arg is not type(None)}
         return kinds.pop() if len(kinds) == 1 else None
-    return _JSON_TYPES.get(origin if origin is not None else annotation)
+    kind = origin if origin is not None else annotation
+    return _JSON_TYPES.get(kind) if isinstance(kind, type) else None  # `x: ["a", "b"]` documents, it is no type
 
 
 def _json_type_of_text(text: str) -> str | None:
@@ -83,10 +84,23 @@ def _json_type_of_text(text: str) -> str | None:
     return None
 
 
+# A default shown in a schema must survive msgpack (64-bit integers, valid UTF-8)
+# and a browser's JSON (integers beyond 2**53 lose digits there).
+_SAFE_INTEGER = 2**53
+
+
 def _is_json_scalar(value: Any) -> bool:
     if isinstance(value, float):
         return math.isfinite(value)
-    return isinstance(value, (bool, int, str))
+    if isinstance(value, int):  # bool included
+        return -_SAFE_INTEGER <= value <= _SAFE_INTEGER
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate
+            return False
+        return True
+    return False
 
 
 def _literal_choices(annotation: Any) -> list[Any] | None:

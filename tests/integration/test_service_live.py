@@ -128,7 +128,8 @@ async def test_a_log_is_followed_by_position_without_rereading_it(service: Any) 
     assert any("started" in line for line in new["lines"])
     assert new["next"] == first["next"] + len(new["lines"])
     cut = await logs(f"after={first['next']}&tail=1")
-    assert cut["lines"] == new["lines"][-1:] and cut["skipped"] == len(new["lines"]) - 1
+    # Counted, not compared line by line: a late line of the new worker may land in between.
+    assert len(cut["lines"]) == 1 and cut["skipped"] == cut["next"] - first["next"] - 1
     assert (await logs(f"after={new['next']}"))["lines"] == []
     async with client.get("/v1/plugins/echo/logs?after=-1", headers=AUTH) as response:
         assert response.status == 400

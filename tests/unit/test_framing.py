@@ -294,3 +294,20 @@ def test_a_reused_encoder_starts_clean_after_a_failed_pack() -> None:
 def test_a_reused_encoder_refuses_a_frame_over_its_limit() -> None:
     with pytest.raises(ProtocolError):
         FrameEncoder(max_frame_size=8).encode(b"x" * 16)
+
+
+def test_the_frame_encoder_drops_a_packer_grown_by_a_large_message() -> None:
+    """A reused Packer keeps its largest buffer: after a large body, or a pack that
+    failed, a new one is used (the bytes stay those of `encode`)."""
+    encoder = FrameEncoder()
+    small = {"call": 1}
+    first = encoder._pack
+    assert encoder.encode(small) == encode(small) and encoder._pack is first  # kept: the point of it
+    big = {"data": b"x" * FrameEncoder.KEEP_BELOW}
+    assert encoder.encode(big) == encode(big)
+    assert encoder._pack is not first
+    second = encoder._pack
+    with pytest.raises(TypeError):
+        encoder.encode({"bad": object()})
+    assert encoder._pack is not second
+    assert encoder.encode(small) == encode(small)

@@ -7,6 +7,7 @@ import inspect
 import json
 from typing import Any, Literal, Optional
 
+import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -183,3 +184,17 @@ def test_a_signature_without_kwargs_closes_the_schema_and_skips_positional_only(
     assert schema["properties"] == {"key": {"type": "string"}, "when": {"type": "number"}}  # inf is no JSON default
     assert schema["required"] == ["key"] and schema["additionalProperties"] is False
     json.dumps(schema, allow_nan=False)
+
+
+def test_what_a_schema_cannot_carry_is_left_out_rather_than_failing() -> None:
+    """Annotations used as documentation, and defaults msgpack or a browser cannot
+    carry exactly, give a plainer schema, never an error (a start would fail on it)."""
+    def entry(choice="a", big=2**70, text="\ud800", fine=2**53):  # type: ignore[no-untyped-def]
+        ...
+
+    entry.__annotations__.update(choice=["a", "b"], big=int, text=str, fine=int)  # objects, not this module's text
+    schema = schema_from_signature(inspect.signature(entry))
+    assert schema["properties"] == {
+        "choice": {"default": "a"}, "big": {"type": "integer"}, "text": {"type": "string"}, "fine": {"type": "integer", "default": 2**53},
+    }
+    msgpack.packb(schema)
