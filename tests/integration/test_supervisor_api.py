@@ -690,3 +690,34 @@ def test_helpers_write_a_valid_manifest(tmp_path: Path) -> None:
     assert data["plugin"] == {"id": "itp_check", "name": "itp_check", "version": "0.1.0", "entry": "x:Y"}
     assert data["plugin_runtime"]["enabled"] is False
     assert data["plugin_runtime"]["max_queue"] == 3
+
+
+async def test_a_timeout_reaches_the_caller_even_if_cancelling_in_the_worker_fails(tmp_path: Path) -> None:
+    """The deadline answers the caller first, then asks the worker to cancel: a failure
+    in the second step (here a bug injected into the real handle's abandon) must not
+    leave the caller waiting. The worker itself is real and keeps serving."""
+    plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["echo"])
+    async with Supervisor(plugins, log_dir=False) as sup:
+        handle = sup._slot("echo")._handle
+        assert handle is not None
+        real_abandon = handle.abandon
+        failures: list[int] = []
+
+        def failing_abandon(call_id: int, grace: float) -> None:
+            failures.append(call_id)
+            raise RuntimeError("injected: cannot ask the worker to cancel")
+
+        handle.abandon = failing_abandon  # type: ignore[method-assign]
+        loop = asyncio.get_running_loop()
+        errors: list[dict[str, object]] = []
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
+        try:
+            with pytest.raises(CallTimeout):
+                async with asyncio.timeout(10):  # the bug this guards against would hang here
+                    await sup.call("echo", "asleep", {"seconds": 1.5}, timeout=0.2)
+        finally:
+            handle.abandon = real_abandon  # type: ignore[method-assign]
+            loop.set_exception_handler(None)
+        assert len(failures) == 1
+        assert any("injected" in str(context.get("exception")) for context in errors)  # reported, not swallowed
+        assert await sup.call("echo", "echo", {"value": "still serving"}) == "still serving"
