@@ -199,11 +199,13 @@ class Supervisor:
         """The plugin's last `tail` log lines (stderr, log records, supervisor events)."""
         return self._slot(plugin_id).log.tail(tail)
 
-    def logs_after(self, plugin_id: str, position: int, limit: int = 1000) -> tuple[list[str], int]:
-        """The log lines added since `position` (a former `status().log_lines`), at most
-        the last `limit`, and how many new lines that leaves out (over `limit`, or
-        already dropped from the in-memory tail). For following a log without rereading it."""
-        return self._slot(plugin_id).log.after(position, limit)
+    def logs_after(self, plugin_id: str, position: int, limit: int = 1000) -> tuple[list[str], int, int]:
+        """The log lines added since `position` (a former `status().log_lines`, or 0), at
+        most the last `limit`; how many new lines that leaves out (over `limit`, or already
+        dropped from the in-memory tail); and the log's position now, to resume from."""
+        log = self._slot(plugin_id).log
+        lines, skipped = log.after(position, limit)
+        return lines, skipped, log.appended
 
     async def start_plugin(self, plugin_id: str) -> None:
         await self._slot(plugin_id).start()

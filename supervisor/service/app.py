@@ -255,11 +255,9 @@ async def plugin_logs(request: web.Request) -> web.Response:
     sup, plugin_id = request.app[SUPERVISOR], _plugin_id(request)
     tail = _int_query(request, "tail", DEFAULT_LOG_TAIL)
     after = _int_query(request, "after", -1)
-    position = sup.status(plugin_id).log_lines
+    lines, skipped, position = sup.logs_after(plugin_id, max(after, 0), tail)
     if after < 0:
-        lines, skipped = sup.logs(plugin_id, tail), 0
-    else:
-        lines, skipped = sup.logs_after(plugin_id, after, tail)
+        skipped = 0  # a plain tail: the lines before it are history, not a gap
     return json_response({"plugin": plugin_id, "lines": lines, "next": position, "skipped": skipped})
 
 
