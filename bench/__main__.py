@@ -47,9 +47,9 @@ def pin_workers(pin: str | None) -> Callable[[int | None], None]:
         return lambda pid: None
     from supervisor import process
 
-    original = process.worker_command
+    original = process.command_for
     # "cross": our restarted workers must land on the other CPU too, not only the first ones.
-    process.worker_command = lambda *a, **k: ["taskset", "-c", str(cpus[1]), *original(*a, **k)]  # type: ignore[assignment]
+    process.command_for = lambda *a, **k: ["taskset", "-c", str(cpus[1]), *original(*a, **k)]  # type: ignore[assignment]
 
     def move(pid: int | None) -> None:
         if pid is not None:

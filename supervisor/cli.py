@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--no-access-log", dest="access_log", action="store_false", help="no log line per HTTP request")
     serve.add_argument("--max-body-mb", type=_positive_float, default=16.0, metavar="MB", help="largest request body (default 16)")
     serve.add_argument("--max-timeout", type=_positive_float, default=300.0, metavar="S", help="cap on a caller's ?timeout= (default 300)")
+    serve.add_argument(
+        "--ray", dest="ray_address", default=None, metavar="ADDRESS",
+        help="run the plugins on this Ray cluster (host:port, or auto; needs neko-supervisor[ray]; see README, Scaling out)",
+    )
     for sub in (list_cmd, call, serve):  # -v also after the subcommand
         sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         sub.add_argument(
@@ -218,7 +222,7 @@ def _serve(ns: argparse.Namespace) -> int:
     options = ServeOptions(
         plugins_dir=ns.plugins_dir, host=ns.host, port=ns.port, token_file=ns.token_file, allow_hosts=tuple(ns.allow_host),
         max_body=int(ns.max_body_mb * 1024 * 1024), max_timeout=ns.max_timeout, sandbox=_sandbox(ns), network=ns.network,
-        access_log=ns.access_log,
+        access_log=ns.access_log, ray_address=ns.ray_address,
     )
     try:
         return asyncio.run(serve(options))

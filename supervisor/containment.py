@@ -95,13 +95,10 @@ def _alive_child_of(proc: psutil.Process, parent: psutil.Process) -> bool:
 class TreeUsage:
     """One look at a worker's tree: its live processes and what they use together."""
 
-    processes: list[psutil.Process] = field(default_factory=list)  # the worker first
+    processes: list[psutil.Process] = field(default_factory=list)  # the worker first; empty when measured on another node
     rss: int = 0          # bytes: resident sizes summed; proportional ones past the limit (see measure)
     cpu_time: float = 0.0  # seconds of user + system CPU, reaped children included
-
-    @property
-    def count(self) -> int:
-        return len(self.processes)
+    count: int = 0        # live processes in the tree
 
 
 def measure(
@@ -127,6 +124,7 @@ def measure(
         # CPU-burning children must not launder their time out of the tree.
         usage.cpu_time += times.user + times.system + times.children_user + times.children_system
         usage.processes.append(proc)
+        usage.count += 1
     if memory_limit is not None and usage.rss > memory_limit and usage.count > 1:
         usage.rss = sum(_proportional_size(proc) for proc in usage.processes)
     return usage

@@ -3,10 +3,11 @@
 A handle's life is a straight line (see `lifecycle.WorkerState`); once DEAD it
 stays dead, and the slot makes a new handle for the next worker.
 
-Death is detected through a pidfd (a thread waiting on the pid where the
-kernel has none). When the worker dies, every call in flight on it fails at
-once: `WorkerCrashed` if it broke under us, `PluginUnavailable` if we were
-stopping it, `ProtocolError` if it broke the protocol.
+Where the process runs is the launcher's business (`supervisor.launchers`: a
+local child, or a Ray actor's child on a cluster node); every decision stays
+here. When the worker dies, every call in flight on it fails at once:
+`WorkerCrashed` if it broke under us, `PluginUnavailable` if we were stopping
+it, `ProtocolError` if it broke the protocol.
 """
 
 from __future__ import annotations
@@ -14,10 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
@@ -60,6 +58,14 @@ from supervisor.errors import (
     WorkerCrashed,
     stderr_excerpt,
 )
+from supervisor.launchers import (
+    LaunchedWorker,
+    Launcher,
+    LaunchError,
+    LaunchSpec,
+    LocalLauncher,
+    Pipe,
+)
 from supervisor.lifecycle import WORKER_MOVES, WorkerState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest
@@ -74,6 +80,9 @@ IN_CALL_KILLS = {
 PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
 STDOUT_EOF_GRACE = 0.5    # after the protocol output closes, how long the exit may take to be seen
 STRAY_KILL_TIMEOUT = 1.0  # how long to wait for killed descendants to disappear
+
+
+LOCAL = LocalLauncher()
 
 
 class StartFailed(Exception):
@@ -119,6 +128,8 @@ class WorkerHandle:
         network: bool | None = None,
         chaos: PluginChaos | None = None,
         standby: bool = False,
+        launcher: Launcher = LOCAL,
+        env_allow: frozenset[str] = frozenset(),
     ) -> None:
         self.manifest = manifest
         # A spare: started as far as its hello, it loads the plugin on activate().
@@ -128,6 +139,8 @@ class WorkerHandle:
         self.log = log
         self.token = uuid.uuid4().hex
         self.env = {**env, process.TAG_VARIABLE: self.token}
+        self.launcher = launcher
+        self._env_allow = env_allow
         self.max_frame_size = max_frame_size
         # Every frame to this worker is written from the loop thread: one reused Packer serves them all.
         self._encoder = protocol.MessageEncoder(max_frame_size)
@@ -140,10 +153,10 @@ class WorkerHandle:
         self.protections: dict[str, Any] = {}  # what the worker reported it applied
         self.usage: TreeUsage | None = None    # the watcher's latest look at the tree
         self._watcher = watcher
-        self._target: psutil.Process | None = None
         self._killer: asyncio.Task[None] | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._pidfd: int | None = None
+        self._worker: LaunchedWorker | None = None
+        self._launching: asyncio.Task[LaunchedWorker] | None = None
+        self._kill_requested = False  # kill() came while the worker was being launched
         self._loop = asyncio.get_running_loop()
         self._chaos = chaos
         self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation) if chaos is not None else None
@@ -153,8 +166,7 @@ class WorkerHandle:
         self._thaw_timer: asyncio.TimerHandle | None = None
         self._killed_before_stop = False
         self._frozen = False  # by chaos.freeze(), until thawed
-        self._stdin: asyncio.WriteTransport | None = None
-        self._transports: list[asyncio.BaseTransport] = []
+        self._stdin: Pipe | None = None
         self._hello = False
         self._handshake: asyncio.Future[None] = self._loop.create_future()
         self._hello_seen: asyncio.Future[None] = self._loop.create_future()
@@ -173,7 +185,12 @@ class WorkerHandle:
     # -- properties ---------------------------------------------------------
     @property
     def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
+        return self._worker.pid if self._worker is not None else None
+
+    @property
+    def where(self) -> str | None:
+        """Where the worker runs ("local", "ray node ..."), once launched."""
+        return self._worker.where if self._worker is not None else None
 
     @property
     def in_flight(self) -> int:
@@ -203,18 +220,51 @@ class WorkerHandle:
             self._move(WorkerState.DEAD)
             self._dead.set_result(ExitInfo(0, None, "chaos: spawn failed"))
             raise StartFailed("chaos: the worker failed to start (injected by fail_spawns)")
+        spec = LaunchSpec(
+            self.manifest,
+            tuple(process.worker_args(self.max_frame_size, self.manifest.runtime, self.sandbox, self.network, self.standby)),
+            self.env, self._env_allow, self.token,
+        )
+        # One budget, plugin_runtime.timeout, from launch to handshake.
+        deadline = self._loop.time() + self.manifest.runtime.timeout
+        # A task of its own: a kill (a stop) during a launch that takes time (a Ray node
+        # to find) cancels it, and nothing is left running.
+        self._launching = launching = self._loop.create_task(self.launcher.launch(spec, self.manifest.runtime.timeout))
         try:
-            command = process.worker_command(
-                self.manifest.folder, self.max_frame_size, self.manifest.runtime, self.sandbox, self.network, standby=self.standby
-            )
-            self._proc = process.spawn(self.manifest.folder, command, self.env)
-        except OSError as exc:
+            self._worker = await launching
+        except BaseException as exc:
+            if launching.done() and not launching.cancelled() and launching.exception() is None:
+                # Cancelled in the instant the launch ended: a worker exists; kill and reap it.
+                self._worker = launching.result()
+                await self._discard()
+                raise
+            launching.cancel()  # our own cancellation: the launch goes too
             self._move(WorkerState.DEAD)
-            self._dead.set_result(ExitInfo(0, None, f"spawn failed: {exc}"))
-            raise StartFailed(f"cannot spawn the worker: {exc}") from exc
-        await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake))
+            self._dead.set_result(ExitInfo(0, None, self._death_reason or f"launch failed: {exc}"))
+            if isinstance(exc, asyncio.CancelledError) and self._kill_requested and not self._current_task_cancelling():
+                raise StartFailed(f"the worker's launch was stopped: {self._death_reason}") from None
+            if isinstance(exc, LaunchError):
+                raise StartFailed(exc.message, permanent=exc.permanent) from exc
+            if isinstance(exc, OSError):
+                raise StartFailed(f"cannot spawn the worker: {exc}") from exc
+            raise
+        finally:
+            self._launching = None
+        if self._kill_requested:  # killed (stopped) after the launch ended, before this task resumed
+            await self._discard()
+            raise StartFailed(f"the worker's launch was stopped: {self._death_reason}")
+        await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake), deadline)
         if not self.standby:
             self._ready()
+
+    async def _discard(self) -> None:
+        """A launched worker that must not start after all: connect to see its exit, kill it, reap it."""
+        with contextlib.suppress(BaseException):
+            await asyncio.shield(self._connect_and_kill())
+
+    async def _connect_and_kill(self) -> None:
+        await self._connect()
+        await self._kill_and_wait(self._death_reason or "start interrupted")
 
     async def activate(self, chaos: PluginChaos | None = None) -> None:
         """A spare becomes the plugin's worker: it loads the plugin now. Returns once it
@@ -223,18 +273,18 @@ class WorkerHandle:
         A spare is made without the plugin's chaos: faults are for the plugin's worker,
         so they attach here, after the `activate` frame (a fresh worker's first frame
         out is a call too)."""
-        assert self.standby and self._proc is not None, "activate() is for a started spare"
+        assert self.standby and self._worker is not None, "activate() is for a started spare"
         self.standby = False
         if chaos is not None and chaos.take_spawn_failure():
             chaos.record("fail_spawn", "this start failed by injection")
             await self._abort("chaos: spawn failed")
             raise StartFailed("chaos: the worker failed to start (injected by fail_spawns)", exit=self.exit)
-        self.log.new_worker(self._proc.pid)
+        self.log.new_worker(self._worker.pid)
         self._send(Activate())
         if chaos is not None:
             self._chaos = chaos
             self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation)
-        await self._until(asyncio.shield(self._handshake))
+        await self._until(asyncio.shield(self._handshake), self._loop.time() + self.manifest.runtime.timeout)
         self._ready()
 
     async def dismiss(self) -> None:
@@ -250,20 +300,25 @@ class WorkerHandle:
             await self._kill_and_wait("spare dismissed")
 
     async def _connect_and_wait(self, step: asyncio.Future[None]) -> None:
-        assert self._proc is not None
+        assert self._worker is not None
+        where = "" if self._worker.where == "local" else f" on {self._worker.where}"
         if self.standby:
-            self.log.event(f"spare worker {self._proc.pid} started")
+            self.log.event(f"spare worker {self._worker.pid} started{where}")
         else:
-            self.log.new_worker(self._proc.pid)
-        self._start_watching()
+            self.log.new_worker(self._worker.pid)
+            if where:
+                self.log.event(f"worker {self._worker.pid} runs{where}")
+        if self._watcher is not None and self._worker.watch_target is not None:
+            self._watcher.watch(self)
         await self._connect()
         await asyncio.shield(step)
 
-    async def _until(self, step: Awaitable[None]) -> None:
-        """Wait for one step of the start within the manifest's `timeout`; on any failure
-        (cancellation included) kill and reap the process before raising."""
+    async def _until(self, step: Awaitable[None], deadline: float) -> None:
+        """Wait for one step of the start until `deadline` (the manifest's `timeout` from
+        the launch); on any failure (cancellation included) kill and reap the process
+        before raising."""
         try:
-            async with asyncio.timeout(self.manifest.runtime.timeout):
+            async with asyncio.timeout_at(deadline):
                 await step
         except TimeoutError:
             await self._abort(f"no handshake within {self.manifest.runtime.timeout:g} s")
@@ -276,40 +331,27 @@ class WorkerHandle:
             await self._abort("start interrupted")
             raise
 
+    @staticmethod
+    def _current_task_cancelling() -> bool:
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+
     def _ready(self) -> None:
         self.started_at = time.monotonic()
         self._move(WorkerState.READY)
 
     async def _connect(self) -> None:
-        assert self._proc is not None and self._proc.stdin and self._proc.stdout and self._proc.stderr
-        loop = self._loop
-        self._pidfd = process.open_pidfd(self._proc.pid)
-        if self._pidfd is not None:
-            loop.add_reader(self._pidfd, self._on_exit)
-        else:
-            threading.Thread(target=self._wait_in_thread, name=f"wait-{self._proc.pid}", daemon=True).start()
+        assert self._worker is not None
         self._open_pipes = 2
-        stdout, _ = await loop.connect_read_pipe(
-            lambda: MessageProtocol(self._on_message, self._on_stdout_closed, self.max_frame_size), self._proc.stdout
+        self._stdin = await self._worker.connect(
+            MessageProtocol(self._on_message, self._on_stdout_closed, self.max_frame_size), _StderrProtocol(self), self._on_exit,
+            self.observe,
         )
-        stderr, _ = await loop.connect_read_pipe(lambda: _StderrProtocol(self), self._proc.stderr)
-        stdin, _ = await loop.connect_write_pipe(asyncio.Protocol, self._proc.stdin)
-        self._stdin = stdin
-        self._transports += [stdout, stderr, stdin]
 
     # -- resource watching ----------------------------------------------------
-    def _start_watching(self) -> None:
-        assert self._proc is not None
-        try:
-            self._target = psutil.Process(self._proc.pid)
-        except psutil.Error:
-            return  # already gone: _on_exit will say so
-        if self._watcher is not None:
-            self._watcher.watch(self)
-
     @property
     def watch_target(self) -> psutil.Process | None:
-        return None if self._exited else self._target
+        return None if self._exited or self._worker is None else self._worker.watch_target
 
     @property
     def memory_limit(self) -> int | None:
@@ -484,7 +526,13 @@ class WorkerHandle:
         The worker's group is stopped first and the worker is killed last: while
         it lives it is the subreaper of everything below it, so nothing can slip
         out of its tree between our look and our kill."""
-        if self._exited or self._proc is None:
+        if self._worker is None and self._launching is not None:
+            # Not launched yet: the launch stops, and start() kills what it launched, if anything.
+            self._death_reason = self._death_reason or reason
+            self._kill_requested = True
+            self._launching.cancel()
+            return
+        if self._exited or self._worker is None:
             return
         self._death_reason = self._death_reason or reason
         self.log.event(f"killing worker {self.pid}: {reason}", logging.WARNING)
@@ -493,12 +541,8 @@ class WorkerHandle:
             self._killer = self._loop.create_task(self._kill_tree())
 
     async def _kill_tree(self) -> None:
-        try:
-            if self._target is not None:
-                known = list(self.known_processes().values())
-                await asyncio.to_thread(containment.kill_descendants, self._target, known)
-        finally:
-            self._signal(signal.SIGKILL)  # last, and whatever happened above
+        assert self._worker is not None
+        await self._worker.kill_tree(list(self.known_processes().values()))
 
     async def _kill_and_wait(self, reason: str) -> ExitInfo:
         self.kill(reason)
@@ -516,11 +560,8 @@ class WorkerHandle:
         return True
 
     def _signal(self, sig: int) -> None:
-        if self._proc is None or self._exited:
-            return
-        # The worker and its process group now; descendants that left the group
-        # are found by their tag once the worker is dead (see _finish).
-        process.signal_group(self._proc.pid, self._pidfd, sig)
+        if self._worker is not None and not self._exited:
+            self._worker.send_signal(sig)
 
     def _send(self, message: Message) -> None:
         self._out(self._encoder.encode(message), type(message).__name__.lower())
@@ -648,37 +689,23 @@ class WorkerHandle:
             self._drained.set()
 
     # -- death --------------------------------------------------------------
-    def _wait_in_thread(self) -> None:
-        assert self._proc is not None
-        with contextlib.suppress(Exception):
-            os.waitid(os.P_PID, self._proc.pid, os.WEXITED | os.WNOWAIT)
-        with contextlib.suppress(RuntimeError):  # the loop may be closed by now
-            self._loop.call_soon_threadsafe(self._on_exit)
-
-    def _on_exit(self) -> None:
+    def _on_exit(self, returncode: int | None, reason: str | None) -> None:
+        """The launcher saw the worker exit (and reaped it)."""
         if self._exited:
             return
         self._exited = True
-        assert self._proc is not None
         if self._watcher is not None:
             self._watcher.unwatch(self)
-        if self._pidfd is not None:
-            self._loop.remove_reader(self._pidfd)
-        # The worker is a zombie until reaped, so its process group id is still
-        # ours: kill what is left in the group, then reap.
-        process.signal_group(self._proc.pid, None, signal.SIGKILL)
-        returncode = self._proc.wait()
-        if self._pidfd is not None:
-            os.close(self._pidfd)
-            self._pidfd = None
+        if reason:
+            self._death_reason = self._death_reason or reason
         # Keep a reference: the loop holds tasks weakly.
         self._finish_task = self._loop.create_task(self._finish(returncode))
 
-    async def _finish(self, returncode: int) -> None:
+    async def _finish(self, returncode: int | None) -> None:
         """Tell everyone the worker is dead. `_dead` is resolved whatever goes wrong here."""
-        assert self._proc is not None
+        assert self._worker is not None
         self._record_kills_in_entry(returncode)
-        self.exit = ExitInfo(self._proc.pid, returncode, self._death_reason or self._reason_from_status(returncode))
+        self.exit = ExitInfo(self._worker.pid, returncode, self._death_reason or self._reason_from_status(returncode))
         was_stopping = self.state is WorkerState.STOPPING and not self._killed_before_stop
         self._move(WorkerState.DEAD)
         try:
@@ -700,8 +727,7 @@ class WorkerHandle:
         finally:
             if self._tap is not None:
                 self._tap.close()
-            for transport in self._transports:
-                transport.close()
+            self._worker.close()
             self._dead.set_result(self.exit)
 
     async def _collect_remains(self) -> None:
@@ -709,10 +735,10 @@ class WorkerHandle:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(PIPE_DRAIN_TIMEOUT):
                 await self._drained.wait()
-        # Descendants that left the process group (setsid, double fork) are in the
-        # watcher's last snapshot of the tree, and still carry the worker's tag.
-        # Both scans read /proc: off the loop.
-        strays = await asyncio.to_thread(self._kill_remains)
+        # Descendants that left the process group (setsid, double fork): the launcher
+        # finds them in the watcher's last look at the tree and by the worker's tag.
+        assert self._worker is not None
+        strays = await self._worker.cleanup(list(self.known_processes().values()))
         # SIGKILL is delivered asynchronously: make sure they are really gone
         # before anyone is told this worker is dead.
         with contextlib.suppress(TimeoutError):
@@ -720,7 +746,7 @@ class WorkerHandle:
                 while any(containment.alive(p) for p in strays):  # noqa: ASYNC110 - no event exists for a non-child's death
                     await asyncio.sleep(0.005)
 
-    def _record_kills_in_entry(self, returncode: int) -> None:
+    def _record_kills_in_entry(self, returncode: int | None) -> None:
         """The worker died with kill_in_entry calls open: if it killed itself (SIGKILL that
         we did not send), that is the fault landing; otherwise it never got its chance,
         and the fault waits for another call."""
@@ -736,12 +762,10 @@ class WorkerHandle:
                 self._chaos.rearm_call_fault(Phase.IN_ENTRY, armed_for)
         self._in_entry.clear()
 
-    def _kill_remains(self) -> list[psutil.Process]:
-        # No root pid: the worker is reaped, its pid may already belong to someone else.
-        return containment.kill_descendants(None, self.known_processes().values()) + process.kill_tagged(self.token)
-
-    def _reason_from_status(self, returncode: int) -> str:
+    def _reason_from_status(self, returncode: int | None) -> str:
         runtime = self.manifest.runtime
+        if returncode is None:
+            return "crashed (exit status unknown)"
         if returncode == 0:
             return "exited"
         if returncode == EXIT_OUT_OF_MEMORY:

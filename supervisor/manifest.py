@@ -27,6 +27,11 @@
     network = false               # with the sandbox: allow TCP connect and bind
     spare_worker = false          # true: keep one more worker started, short of loading the plugin,
                                   # so a restart skips the interpreter's start (one more idle process)
+    launcher = "local"            # "local" | "ray"; default: the supervisor's launcher
+    num_cpus = 0                  # on Ray: what the worker's node must have free (placement only)
+    num_gpus = 0
+    memory_mb = 0                 # on Ray: memory Ray reserves for it (placement; memory_limit_mb still limits it)
+    node_labels = {}              # on Ray: only nodes with these labels, e.g. { zone = "eu-1" }
 
 Unknown keys are kept out of the way (N.E.K.O manifests carry more tables, such
 as [plugin.author] and [plugin.sdk]); keys we know are type-checked.
@@ -52,6 +57,7 @@ MANIFEST_NAME = "plugin.toml"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: no "$" that admits a trailing newline
 ENTRY_PATTERN = re.compile(r"[A-Za-z_][\w.-]*:[A-Za-z_]\w*")  # "module.path:Class"
 RESTART_POLICIES = ("always", "on-failure", "never")
+LAUNCHERS = ("local", "ray")
 MIN_OPEN_FILES = 32  # the worker itself needs a few (pipes, epoll, the interpreter's own)
 MIN_MEMORY_MB = 32   # an idle worker takes about 20 MB: less would kill it at every start
 
@@ -75,6 +81,11 @@ class RuntimeOptions:
     sandbox: str | None = None    # "off" | "on" | "required"; None: the supervisor's default
     network: bool = False
     spare_worker: bool = False
+    launcher: str | None = None   # "local" | "ray"; None: the supervisor's own
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    memory_mb: int = 0
+    node_labels: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +163,13 @@ def parse_manifest(path: Path, text: str) -> Manifest:
     max_open_files = int(_positive(path, "plugin_runtime.max_open_files", get("max_open_files", (int,), defaults.max_open_files), allow_zero=True))
     if 0 < max_open_files < MIN_OPEN_FILES:
         raise ManifestError(str(path), "plugin_runtime.max_open_files", f"must be 0 or at least {MIN_OPEN_FILES}, got {max_open_files}")
+    launcher = get("launcher", (str,), None)
+    if launcher is not None and launcher not in LAUNCHERS:
+        raise ManifestError(str(path), "plugin_runtime.launcher", f"must be one of {', '.join(map(repr, LAUNCHERS))}, got {launcher!r}")
+    node_labels = get("node_labels", (dict,), {})
+    for label, value in node_labels.items():
+        if not isinstance(value, str):
+            raise ManifestError(str(path), f"plugin_runtime.node_labels.{label}", f"must be a string, got {type(value).__name__} {value!r}")
     runtime = RuntimeOptions(
         enabled=get("enabled", (bool,), defaults.enabled),
         auto_start=get("auto_start", (bool,), defaults.auto_start),
@@ -172,6 +190,11 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         sandbox=None if sandbox is None else "required" if sandbox == "required" else "on" if sandbox else "off",
         network=get("network", (bool,), defaults.network),
         spare_worker=get("spare_worker", (bool,), defaults.spare_worker),
+        launcher=launcher,
+        num_cpus=float(_positive(path, "plugin_runtime.num_cpus", get("num_cpus", number, defaults.num_cpus), allow_zero=True)),
+        num_gpus=float(_positive(path, "plugin_runtime.num_gpus", get("num_gpus", number, defaults.num_gpus), allow_zero=True)),
+        memory_mb=int(_positive(path, "plugin_runtime.memory_mb", get("memory_mb", (int,), defaults.memory_mb), allow_zero=True)),
+        node_labels=tuple(sorted(node_labels.items())),
     )
     return Manifest(
         warnings=_typo_warnings(path, data, runtime_table),

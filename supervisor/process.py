@@ -27,6 +27,9 @@ ENV_ALLOW = frozenset(
 ENV_ALLOW_PREFIXES = ("LC_",)
 # Never passed on, even when an operator allows it by name: the host service's API token.
 ENV_NEVER = frozenset({"NEKO_SUPERVISOR_TOKEN"})
+# Nor a cluster's: Ray's token, address and session (a worker launched on Ray
+# runs in the environment of the Ray actor that spawns it).
+ENV_NEVER_PREFIXES = ("RAY_",)
 
 # The folder that holds the `protocol`, `worker` and `supervisor` packages
 # (the source checkout, or site-packages when installed).
@@ -36,7 +39,10 @@ CODE_ROOT = Path(protocol.__file__).resolve().parent.parent
 def worker_env(extra_allow: Iterable[str] = (), source: Mapping[str, str] | None = None) -> dict[str, str]:
     source = os.environ if source is None else source
     allow = ENV_ALLOW | frozenset(extra_allow)
-    env = {k: v for k, v in source.items() if (k in allow or k.startswith(ENV_ALLOW_PREFIXES)) and k not in ENV_NEVER}
+    env = {
+        k: v for k, v in source.items()
+        if (k in allow or k.startswith(ENV_ALLOW_PREFIXES)) and k not in ENV_NEVER and not k.startswith(ENV_NEVER_PREFIXES)
+    }
     # `-P` keeps the plugin folder (the cwd) off sys.path, so the worker package
     # must be found through PYTHONPATH when the project is not installed.
     env["PYTHONPATH"] = str(CODE_ROOT)
@@ -63,34 +69,44 @@ def data_limit_mb(runtime: RuntimeOptions) -> int:
     return limit + max(limit, 256) + (runtime.max_concurrency + BACKSTOP_THREADS) * THREAD_STACK_MB
 
 
-def worker_command(
-    plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off", network: bool = False,
-    standby: bool = False,
+def worker_args(
+    max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off", network: bool = False, standby: bool = False,
 ) -> list[str]:
-    command = [
+    """The worker's options after its plugin folder, wherever it runs."""
+    args = ["--max-frame-size", str(max_frame_size), "--sandbox", sandbox]
+    if runtime is not None:
+        args += [
+            "--data-limit-mb", str(data_limit_mb(runtime)),
+            "--cpu-time-limit", str(runtime.cpu_time_limit),
+            "--max-open-files", str(runtime.max_open_files),
+        ]
+    if network:
+        args.append("--network")
+    if standby:
+        args.append("--standby")
+    return args
+
+
+def command_for(plugin_dir: Path | str, parent_pid: int, args: Iterable[str]) -> list[str]:
+    """The command line of a worker for `plugin_dir`, whose parent is `parent_pid`."""
+    return [
         sys.executable,
         "-P",  # never import from the cwd (the plugin folder): a plugin's msgpack.py must not shadow ours
         "-m",
         "worker",
         str(plugin_dir),
         "--parent-pid",
-        str(os.getpid()),
-        "--max-frame-size",
-        str(max_frame_size),
-        "--sandbox",
-        sandbox,
+        str(parent_pid),
+        *args,
     ]
-    if runtime is not None:
-        command += [
-            "--data-limit-mb", str(data_limit_mb(runtime)),
-            "--cpu-time-limit", str(runtime.cpu_time_limit),
-            "--max-open-files", str(runtime.max_open_files),
-        ]
-    if network:
-        command.append("--network")
-    if standby:
-        command.append("--standby")
-    return command
+
+
+def worker_command(
+    plugin_dir: Path, max_frame_size: int, runtime: RuntimeOptions | None = None, sandbox: str = "off", network: bool = False,
+    standby: bool = False,
+) -> list[str]:
+    """The command line of a worker started by this process."""
+    return command_for(plugin_dir, os.getpid(), worker_args(max_frame_size, runtime, sandbox, network, standby))
 
 
 def spawn(plugin_dir: Path, command: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:

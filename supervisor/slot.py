@@ -34,7 +34,8 @@ from supervisor.errors import (
     PluginOverloaded,
     PluginUnavailable,
 )
-from supervisor.handle import StartFailed, WorkerHandle
+from supervisor.handle import LOCAL, StartFailed, WorkerHandle
+from supervisor.launchers import LaunchedWorker, Launcher, LaunchError, LaunchSpec
 from supervisor.lifecycle import PLUGIN_MOVES, PluginState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest, load_manifest
@@ -55,6 +56,33 @@ class SlotOptions:
     sandbox: str = "off"                    # the least sandbox every plugin gets
     network: bool = True                    # False: no sandboxed plugin may connect, whatever its plugin.toml says
     watcher: ResourceWatcher | None = None  # measures every worker's tree; enforces the limits
+    launcher: Launcher = LOCAL              # where a plugin's worker runs unless its plugin.toml says
+    env_allow: frozenset[str] = frozenset() # the extra names of `env`, for launchers that build it on another node
+
+    def launcher_for(self, name: str | None) -> Launcher:
+        """The launcher plugin.toml's `launcher` names (None: the supervisor's own)."""
+        if name is None or name == self.launcher.name:
+            return self.launcher
+        if name == LOCAL.name:
+            return LOCAL
+        return _NoLauncher(name)
+
+
+class _NoLauncher:
+    """A plugin asks for a launcher this supervisor was not given: its start fails, and says how to give it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def launch(self, spec: LaunchSpec, timeout: float) -> LaunchedWorker:
+        raise LaunchError(
+            f"{spec.manifest.path}: plugin_runtime.launcher = {self.name!r}, but this supervisor has no {self.name} launcher "
+            f"(Supervisor(launcher=RayLauncher(ADDRESS)), or neko-supervisor serve --ray ADDRESS)",
+            permanent=True,
+        )
+
+    async def close(self) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +113,7 @@ class PluginStatus:
     injections: tuple[Injection, ...]  # faults injected through sup.chaos(id), oldest first
     spare_pid: int | None = None  # spare_worker = true: the worker waiting to take over, if one is ready
     log_lines: int = 0  # lines ever added to its log tail: it grew if this did (see Supervisor.logs_after)
+    where: str | None = None  # where the current worker runs: "local", "ray node 10.0.0.7 (5f3a...)"
 
 
 SANDBOX_STRICTNESS = ("off", "on", "required")
@@ -185,6 +214,7 @@ class PluginSlot:
             injections=self.chaos.injections,
             spare_pid=self._spare.pid if self._spare is not None and self._spare.alive else None,
             log_lines=self.log.appended,
+            where=handle.where if handle is not None and handle.alive else None,
         )
 
     # -- lifecycle --------------------------------------------------------------
@@ -378,6 +408,7 @@ class PluginSlot:
             self.manifest, self.log, env=self.options.env, max_frame_size=self.options.max_frame_size,
             on_death=self._worker_died, sandbox=strictest_sandbox(runtime.sandbox, self.options.sandbox), watcher=self.options.watcher,
             network=runtime.network and self.options.network, chaos=None if standby else self.chaos, standby=standby,
+            launcher=self.options.launcher_for(runtime.launcher), env_allow=self.options.env_allow,
         )
 
     # -- the spare worker (spare_worker = true) ------------------------------------------

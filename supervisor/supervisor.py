@@ -21,6 +21,8 @@ import protocol
 from supervisor import process
 from supervisor.chaos import PluginChaos
 from supervisor.errors import InvalidArguments, PluginNotFound
+from supervisor.handle import LOCAL
+from supervisor.launchers import Launcher
 from supervisor.lifecycle import PluginState
 from supervisor.manifest import discover
 from supervisor.policy import Clock
@@ -55,6 +57,9 @@ class Supervisor:
       says (a sandboxed plugin can rewrite its own plugin.toml); True lets each say.
     - `watch_interval`: seconds between two looks at every worker's process tree
       (memory, CPU time and process limits are enforced at this pace).
+    - `launcher`: where workers run: a local child process (the default), or
+      `RayLauncher(address)` (extra `neko-supervisor[ray]`) for a Ray cluster. A
+      plugin.toml's `[plugin_runtime] launcher = "local"` keeps that plugin local.
     """
 
     def __init__(
@@ -70,6 +75,7 @@ class Supervisor:
         sandbox: bool | str = False,
         network: bool = True,
         watch_interval: float = DEFAULT_WATCH_INTERVAL,
+        launcher: Launcher | None = None,
     ) -> None:
         if not isinstance(max_frame_size, int) or max_frame_size < 1024:
             raise ValueError(f"max_frame_size must be an int of at least 1024 bytes, got {max_frame_size!r}")
@@ -82,6 +88,9 @@ class Supervisor:
             raise ValueError(f"network must be True or False, got {network!r}")
         if not _positive_number(watch_interval):
             raise ValueError(f"watch_interval must be a positive number of seconds, got {watch_interval!r}")
+        if launcher is not None and not (callable(getattr(launcher, "launch", None)) and isinstance(getattr(launcher, "name", None), str)):
+            raise ValueError(f"launcher must be a launcher such as RayLauncher(address), got {launcher!r}")
+        self.launcher: Launcher = launcher or LOCAL
         self.plugins_dir = Path(plugins_dir).resolve()
         self._watcher = ResourceWatcher(float(watch_interval))
         self.auto_start = auto_start
@@ -100,6 +109,8 @@ class Supervisor:
             sandbox=sandbox_mode,
             network=network,
             watcher=self._watcher,
+            launcher=self.launcher,
+            env_allow=frozenset(env_allow),
         )
         self._slots: dict[str, PluginSlot] = {}
         self._started = False
@@ -152,6 +163,7 @@ class Supervisor:
             for slot in self._slots.values():
                 slot.close()
             await self._watcher.close()
+            await self.launcher.close()
 
     async def kill(self) -> None:
         """Forced stop of every plugin: SIGKILL each worker's tree now, without shutdown

@@ -23,6 +23,7 @@ from typing import TextIO
 
 from aiohttp import web
 
+from supervisor.launchers import Launcher
 from supervisor.service.app import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_TIMEOUT,
@@ -54,6 +55,17 @@ class ServeError(Exception):
     """The service cannot start (bad folder, bad token, port in use): one line for the user."""
 
 
+def ray_launcher(address: str | None) -> Launcher | None:
+    """`--ray ADDRESS`: a RayLauncher, or ServeError if Ray is not installed."""
+    if address is None:
+        return None
+    try:
+        from supervisor.launchers.ray import RayLauncher
+    except ModuleNotFoundError as exc:
+        raise ServeError(f"--ray needs Ray ({exc.name} is missing): pip install 'neko-supervisor[ray]'") from None
+    return RayLauncher(address)
+
+
 @dataclass(frozen=True, slots=True)
 class ServeOptions:
     plugins_dir: Path
@@ -66,6 +78,7 @@ class ServeOptions:
     sandbox: bool | str = False
     network: bool = True
     access_log: bool = True
+    ray_address: str | None = None  # run the plugins on this Ray cluster (extra neko-supervisor[ray])
 
 
 async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
@@ -78,7 +91,7 @@ async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
     except TokenError as exc:
         raise ServeError(str(exc)) from None
     raise_open_files_limit()
-    sup = Supervisor(options.plugins_dir, sandbox=options.sandbox, network=options.network)
+    sup = Supervisor(options.plugins_dir, sandbox=options.sandbox, network=options.network, launcher=ray_launcher(options.ray_address))
     state = ServiceState()
     config = ServiceConfig(token, HostPolicy.for_bind(options.host, options.allow_hosts), options.max_body, options.max_timeout)
     runner = web.AppRunner(

@@ -29,6 +29,7 @@ def plugin_summary(status: PluginStatus) -> dict[str, Any]:
         "processes": status.processes,
         "spare_pid": status.spare_pid,
         "log_lines": status.log_lines,
+        "where": status.where,
     }
 
 

@@ -18,11 +18,20 @@ def set_runtime(plugin_dir: Path, **values: Any) -> None:
     path = plugin_dir / "plugin.toml"
     text = path.read_text()
     for key, value in values.items():
-        literal = f'"{value}"' if isinstance(value, str) else str(value).lower() if isinstance(value, bool) else repr(value)
-        line = f"{key} = {literal}"
+        line = f"{key} = {_literal(value)}"
         pattern = re.compile(rf"^{key}\s*=.*$", re.M)
         text = pattern.sub(line, text) if pattern.search(text) else text.replace("[plugin_runtime]", f"[plugin_runtime]\n{line}", 1)
     path.write_text(text)
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, str):
+        return f'"{value}"'
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{key} = {_literal(item)}" for key, item in value.items()) + " }"
+    return repr(value)
 
 
 @contextlib.asynccontextmanager

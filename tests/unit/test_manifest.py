@@ -63,6 +63,8 @@ def test_defaults(tmp_path: Path) -> None:
     assert r.restart_window == 60.0
     assert (r.memory_limit_mb, r.cpu_time_limit, r.max_open_files, r.max_processes) == (1024, 0.0, 1024, 64)
     assert (r.sandbox, r.network) == (None, False)
+    # Where it runs: the supervisor's launcher; on Ray it asks for nothing, and is spread.
+    assert (r.launcher, r.num_cpus, r.num_gpus, r.memory_mb, r.node_labels) == (None, 0.0, 0.0, 0, ())
 
 
 def test_every_key_is_read(tmp_path: Path) -> None:
@@ -188,6 +190,16 @@ WRONG_TYPES = [
     ("network", "1"),
     ("spare_worker", '"yes"'),
     ("spare_worker", "1"),
+    ("launcher", "1"),
+    ("launcher", "true"),
+    ("num_cpus", '"1"'),
+    ("num_cpus", "true"),
+    ("num_gpus", '"1"'),
+    ("num_gpus", "false"),
+    ("memory_mb", "1.5"),
+    ("memory_mb", '"512"'),
+    ("node_labels", '"zone=a"'),
+    ("node_labels", '["zone"]'),
 ]
 
 
@@ -213,6 +225,9 @@ OUT_OF_RANGE = [
     ("max_restarts", "-1"),
     ("restart_window", "0"),
     ("memory_limit_mb", "-5"),
+    ("num_cpus", "-1"),
+    ("num_gpus", "-0.5"),
+    ("memory_mb", "-1"),
 ]
 
 
@@ -246,6 +261,25 @@ def test_one_unloadable_manifest_does_not_stop_discovery(tmp_path: Path) -> None
     found = {d.folder.name: d for d in discover(root)}
     assert found["good"].error is None
     assert isinstance(found["odd"].error, ManifestError)
+
+
+def test_placement_keys_are_read(tmp_path: Path) -> None:
+    text = runtime('launcher = "ray"\nnum_cpus = 0.5\nnum_gpus = 1\nmemory_mb = 2048\nnode_labels = { zone = "eu-1", gpu = "a100" }')
+    r = parse_manifest(tmp_path / "p" / "plugin.toml", text).runtime
+    assert (r.launcher, r.num_cpus, r.num_gpus, r.memory_mb) == ("ray", 0.5, 1.0, 2048)
+    assert r.node_labels == (("gpu", "a100"), ("zone", "eu-1"))
+    assert hash(r) is not None  # still a frozen, hashable record
+
+
+def test_unknown_launcher_is_named(tmp_path: Path) -> None:
+    path, error = load_error(tmp_path, runtime('launcher = "kubernetes"'))
+    assert_names(error, path, "plugin_runtime.launcher")
+    assert "'local', 'ray'" in str(error) and "kubernetes" in str(error)
+
+
+def test_a_node_label_that_is_not_a_string_is_named(tmp_path: Path) -> None:
+    path, error = load_error(tmp_path, runtime("node_labels = { zone = 3 }"))
+    assert_names(error, path, "plugin_runtime.node_labels.zone")
 
 
 def test_unknown_restart_value_is_named(tmp_path: Path) -> None:

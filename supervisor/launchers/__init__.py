@@ -1,0 +1,23 @@
+"""Where a worker runs: the launcher seam and its two launchers.
+
+    Launcher.launch(spec) -> LaunchedWorker      one worker process, started
+        .connect(stdout, stderr, on_exit) -> Pipe   its streams, and word of its exit
+        .send_signal(sig)                         to the worker and its process group
+        .kill_tree(known)                         SIGKILL the worker and everything below it
+        .cleanup(known)                           after the exit: kill what is left of its tree
+        .close()                                  release the streams
+
+The shape is jupyter_client's kernel provisioners (launch, poll, signal, kill,
+cleanup). The handle (`supervisor.handle`) keeps every decision: deadlines,
+cancellation, kill after grace, restarts. A launcher only starts a process
+somewhere and carries its bytes, signals and exit.
+
+- `LocalLauncher` (launchers/local.py): a child process of the supervisor.
+- `RayLauncher` (launchers/ray.py, extra `neko-supervisor[ray]`): a Ray actor on
+  a cluster node spawns the same worker there and relays its frames as bytes.
+"""
+
+from supervisor.launchers.base import LaunchedWorker, Launcher, LaunchError, LaunchSpec, Pipe
+from supervisor.launchers.local import LocalLauncher
+
+__all__ = ["LaunchError", "LaunchSpec", "LaunchedWorker", "Launcher", "LocalLauncher", "Pipe"]

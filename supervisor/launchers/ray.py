@@ -1,0 +1,361 @@
+"""The Ray launcher: each worker runs on a Ray cluster node, spawned there by its own actor.
+
+    supervisor (here)                         node chosen by Ray
+    WorkerHandle --RayWorker-- actor calls --> WorkerRelay actor --pipes--> python -m worker PLUGIN_DIR
+
+Everything the handle decides stays here: deadlines, cancel, kill after grace,
+the restart policy and budget. Ray only places and carries:
+
+- one actor per worker, created with max_restarts=0 and max_task_retries=0: Ray
+  never restarts it or runs a call twice (at-most-once stays ours);
+- placement from plugin.toml's `[plugin_runtime]` num_cpus, num_gpus, memory_mb
+  and node_labels (a label selector); plugins that ask for nothing are spread;
+- the plugins folder is the Ray job's working dir (its runtime environment):
+  Ray packs it once when the supervisor joins and unpacks it on each node that
+  runs a worker; the worker runs in its plugin's folder there, so its files
+  (data.db) live on that node;
+- the actor's death or its node's loss ends the worker: calls in flight fail
+  with WorkerCrashed and the slot restarts it under the same policy, wherever
+  Ray then places the new actor.
+
+Frames are relayed as opaque bytes: writes made in one loop turn go in one actor
+call, and one long-polled `read()` at a time brings back what the worker wrote.
+
+Ray's own authentication is whatever the cluster runs with (token auth where it
+is on): this module connects with the caller's environment and never turns it off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+try:
+    import ray
+    import ray.exceptions
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
+    raise ModuleNotFoundError(
+        "the Ray launcher needs Ray: pip install 'neko-supervisor[ray]'", name=exc.name
+    ) from exc
+
+from supervisor.containment import TreeUsage
+from supervisor.launchers.base import ExitCallback, LaunchError, LaunchSpec, Pipe, UsageCallback
+from supervisor.launchers.relay import WorkerRelay
+from supervisor.manifest import RuntimeOptions
+
+logger = logging.getLogger("supervisor.ray")
+
+ACTOR_CALL_TIMEOUT = 5.0  # a signal, kill or cleanup the actor does not answer in this long: kill the actor
+DEFAULT_NAMESPACE = "neko-supervisor"
+
+
+def placement(runtime: RuntimeOptions) -> dict[str, Any]:
+    """Ray actor options for one plugin's worker, from its [plugin_runtime] table."""
+    options: dict[str, Any] = {"num_cpus": runtime.num_cpus, "num_gpus": runtime.num_gpus}
+    if runtime.memory_mb:
+        options["memory"] = runtime.memory_mb * 1024 * 1024
+    if runtime.node_labels:
+        options["label_selector"] = dict(runtime.node_labels)
+    else:
+        # Plugins are mostly idle and ask for little: spread them over the nodes
+        # rather than pack them onto the first (Ray's default for an actor).
+        options["scheduling_strategy"] = "SPREAD"
+    return options
+
+
+def describe_needs(runtime: RuntimeOptions) -> str:
+    needs = [f"num_cpus = {runtime.num_cpus:g}"]
+    if runtime.num_gpus:
+        needs.append(f"num_gpus = {runtime.num_gpus:g}")
+    if runtime.memory_mb:
+        needs.append(f"memory_mb = {runtime.memory_mb}")
+    if runtime.node_labels:
+        needs.append("node_labels = {" + ", ".join(f"{k} = {v!r}" for k, v in runtime.node_labels) + "}")
+    return ", ".join(needs)
+
+
+class RayLauncher:
+    """Start workers on a Ray cluster.
+
+    - `address`: the cluster ("127.0.0.1:6379", "ray://..." for Ray Client, "auto"
+      for the one this machine belongs to); None starts a local one-node cluster.
+    - `namespace`: the Ray namespace of the relay actors.
+    - `watch_interval`: seconds between two looks at a worker's tree on its node
+      (its memory, CPU time and process limits); 0 turns the looks off.
+    - `init_options`: more keyword arguments for `ray.init`.
+
+    Connects on the first launch (or `await connect()`), in a thread: `ray.init`
+    blocks. Disconnects in `close()` if it connected.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self,
+        address: str | None = "auto",
+        *,
+        namespace: str = DEFAULT_NAMESPACE,
+        watch_interval: float = 0.25,
+        init_options: dict[str, Any] | None = None,
+    ) -> None:
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise ValueError(f"address must be a Ray cluster address such as '127.0.0.1:6379', 'auto' or None, got {address!r}")
+        if not isinstance(watch_interval, int | float) or watch_interval < 0:
+            raise ValueError(f"watch_interval must be a number of seconds >= 0, got {watch_interval!r}")
+        self.address = address
+        self.namespace = namespace
+        self.watch_interval = float(watch_interval)
+        self._init_options = dict(init_options or {})
+        self._connecting: asyncio.Future[None] | None = None
+        self._root: Path | None = None  # the plugins folder: the job's working dir
+        self._connected_here = False
+        self._relay: Any = None
+
+    async def connect(self, plugins_dir: Path) -> None:
+        """Join the cluster (once), shipping `plugins_dir` as the job's working dir;
+        raises LaunchError if it cannot be reached."""
+        if self._root is not None and plugins_dir != self._root:
+            raise LaunchError(
+                f"one Ray launcher serves one plugins folder: {self._root} is shipped to the cluster, not {plugins_dir}", permanent=True
+            )
+        self._root = plugins_dir
+        if self._connecting is None:
+            self._connecting = asyncio.ensure_future(self._join(plugins_dir))
+        try:
+            await asyncio.shield(self._connecting)
+        except LaunchError:
+            self._connecting = None  # the next launch tries again
+            raise
+
+    async def _join(self, plugins_dir: Path) -> None:
+        # Ray's core worker installs its own handler for SIGTERM (a crash report, then
+        # abort) over the host's: a service must still stop cleanly on SIGTERM, so the
+        # handlers the host had are put back once Ray is in.
+        saved = _host_signal_handlers()
+        try:
+            await asyncio.to_thread(self._init, plugins_dir)
+        finally:
+            for sig, handler in saved.items():
+                signal.signal(sig, handler)
+
+    def _init(self, plugins_dir: Path) -> None:
+        if ray.is_initialized():
+            raise LaunchError(
+                "Ray is already connected in this process: the Ray launcher connects itself, with the plugins folder "
+                "as the job's working dir (ray.shutdown() first, or pass init_options)", permanent=True,
+            )
+        try:
+            ray.init(
+                address=self.address, namespace=self.namespace, log_to_driver=False,
+                logging_level=logging.WARNING, configure_logging=False,
+                runtime_env={"working_dir": str(plugins_dir)}, **self._init_options,
+            )
+        except Exception as exc:  # ConnectionError, RuntimeError, an auth failure, a folder too large...
+            raise LaunchError(f"cannot join the Ray cluster at {self.address or 'a new local cluster'}: {_first_line(exc)}") from exc
+        self._connected_here = True
+        self._relay = ray.remote(WorkerRelay)
+
+    async def launch(self, spec: LaunchSpec, timeout: float) -> RayWorker:
+        runtime = spec.manifest.runtime
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self.connect(spec.folder.parent)
+        except TimeoutError:
+            raise LaunchError(f"could not join the Ray cluster at {self.address} within {timeout:g} s (plugin_runtime.timeout)") from None
+        actor = self._relay.options(
+            **placement(runtime),
+            max_restarts=0,       # the supervisor restarts workers, under its own policy
+            max_task_retries=0,   # and never runs a call twice
+            max_concurrency=64,   # read() waits while write() and the signals go on
+        ).remote(spec.folder.name, self.watch_interval, spec.manifest.runtime.memory_limit_mb * 1024 * 1024 or None)
+        try:
+            async with asyncio.timeout_at(deadline):
+                info = await actor.spawn.remote(list(spec.worker_args), sorted(spec.env_allow), spec.tag)
+        except TimeoutError:
+            ray.kill(actor)
+            raise LaunchError(
+                f"no Ray node started the worker within {timeout:g} s (plugin_runtime.timeout): it asks for "
+                f"{describe_needs(runtime)}; the cluster has {_available()} free"
+            ) from None
+        except ray.exceptions.RuntimeEnvSetupError as exc:
+            ray.kill(actor)
+            raise LaunchError(f"Ray could not bring the plugins folder {spec.folder.parent} to a node: {_first_line(exc)}") from exc
+        except (ray.exceptions.RayError, OSError) as exc:
+            ray.kill(actor)
+            raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
+        except BaseException:
+            ray.kill(actor)
+            raise
+        return RayWorker(actor, info)
+
+    async def close(self) -> None:
+        if self._connected_here:
+            self._connected_here = False
+            await asyncio.to_thread(ray.shutdown)
+        self._connecting = None
+        self._root = None
+
+
+HOST_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _host_signal_handlers() -> dict[signal.Signals, Any]:
+    """The Python handlers of the signals a host stops on (only the main thread can set them again)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.getsignal(sig) for sig in HOST_SIGNALS if signal.getsignal(sig) is not None}
+
+
+def _available() -> str:
+    try:
+        free = ray.available_resources()  # type: ignore[no-untyped-call]
+    except Exception:  # the cluster's view is a hint in an error message, never a new error
+        return "an unknown amount"
+    shown = {key: value for key, value in free.items() if not key.startswith(("node:", "object_store"))}
+    return ", ".join(f"{key} {value:g}" for key, value in sorted(shown.items())) or "nothing"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _RelayedStdin:
+    """The worker's stdin, through the actor: writes of one loop turn go in one call, numbered."""
+
+    def __init__(self, actor: Any, loop: asyncio.AbstractEventLoop) -> None:
+        self._actor = actor
+        self._loop = loop
+        self._pending: list[bytes] = []
+        self._seq = 0
+        self._closing = False
+
+    def write(self, data: bytes) -> None:
+        if self._closing:
+            return
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+        self._pending.clear()
+        self._actor.write.remote(self._next(), data)
+
+    def _next(self) -> int:
+        seq, self._seq = self._seq, self._seq + 1
+        return seq
+
+    def is_closing(self) -> bool:
+        return self._closing
+
+    def close(self) -> None:
+        if not self._closing:
+            self._flush()
+            self._closing = True
+            self._actor.close_stdin.remote(self._next())
+
+
+class RayWorker:
+    """One worker on a Ray node, as the handle drives it."""
+
+    watch_target = None  # on another node: its relay measures the tree (see connect's on_usage)
+
+    def __init__(self, actor: Any, info: dict[str, Any]) -> None:
+        self._actor = actor
+        self._loop = asyncio.get_running_loop()
+        self.pid: int = info["pid"]
+        self.node_id: str = info["node_id"]
+        self.node_ip: str = info["node_ip"]
+        self.where = f"ray node {self.node_ip} ({self.node_id[:12]})"
+        self._reader: asyncio.Task[None] | None = None
+        self._exited = False
+        self._released = False
+
+    async def connect(
+        self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
+    ) -> Pipe:
+        self._reader = self._loop.create_task(self._relay_output(stdout, stderr, on_exit, on_usage), name=f"relay-{self.pid}")
+        return _RelayedStdin(self._actor, self._loop)
+
+    async def _relay_output(
+        self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
+    ) -> None:
+        streams = {"out": stdout, "err": stderr}
+        open_streams = set(streams)
+
+        def end(kind: str) -> None:
+            if kind in open_streams:
+                open_streams.discard(kind)
+                streams[kind].eof_received()
+                streams[kind].connection_lost(None)
+
+        try:
+            while True:
+                for event in await self._actor.read.remote():
+                    kind = event[0]
+                    if kind in streams:
+                        streams[kind].data_received(event[1])
+                    elif kind.endswith("_eof"):
+                        end(kind[:-4])
+                    elif kind == "usage":
+                        on_usage(TreeUsage(rss=event[1], cpu_time=event[2], count=event[3]))
+                    elif kind == "exit":
+                        for name in list(open_streams):
+                            end(name)
+                        self._exited = True
+                        on_exit(event[1], None)
+                        return
+        except ray.exceptions.RayError as exc:
+            # The actor died (its process was killed, or its node was lost): the worker
+            # died with it (PR_SET_PDEATHSIG), or will as soon as its node notices.
+            for name in list(open_streams):
+                end(name)
+            self._exited = True
+            self._forget_actor()
+            on_exit(None, f"the Ray actor relaying it died: {_first_line(exc)}")
+
+    def send_signal(self, sig: int) -> None:
+        if not self._exited:
+            self._actor.send_signal.remote(sig)
+
+    async def kill_tree(self, known: Iterable[psutil.Process]) -> None:
+        del known  # the relay keeps its own look at the tree
+        try:
+            async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
+                await self._actor.kill_tree.remote()
+        except (TimeoutError, ray.exceptions.RayError):
+            # The actor cannot do it: end the actor, and the worker with it.
+            self._forget_actor()
+
+    async def cleanup(self, known: Iterable[psutil.Process]) -> list[psutil.Process]:
+        del known
+        if not self._released:
+            with contextlib.suppress(TimeoutError, ray.exceptions.RayError):
+                async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
+                    await self._actor.cleanup.remote()
+        return []  # nothing local to wait for: the relay waited for the strays on its node
+
+    def close(self) -> None:
+        if self._reader is not None and not self._reader.done():
+            self._reader.cancel()
+        self._forget_actor()
+
+    def _forget_actor(self) -> None:
+        if not self._released:
+            self._released = True
+            with contextlib.suppress(Exception):
+                ray.kill(self._actor, no_restart=True)
+

@@ -1,0 +1,241 @@
+"""Plugins launched on a local Ray cluster: same SDK, same errors, same restarts.
+
+Every test runs real workers, spawned by real Ray actors on the cluster of
+`ray_cluster` (conftest.py), with Ray's token authentication on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from supervisor import CallTimeout, PluginUnavailable, Supervisor, WorkerCrashed
+from supervisor.launchers.ray import RayLauncher
+from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
+from tests.faults.helpers import running_worker, set_runtime, wait_for
+from tests.integration.helpers import text_of
+from tests.integration.test_service_cli import start_serving
+from tests.ray.conftest import Cluster
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def fault_plugins(tmp_path: Path) -> Path:
+    return copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["echo", "crash", "async_hang", "hog"])
+
+
+@pytest.fixture
+async def sup(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> AsyncIterator[Supervisor]:
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as supervisor:
+        yield supervisor
+
+
+def actor_process_of(worker_pid: int) -> psutil.Process:
+    """The Ray actor's process that spawned this worker (its parent, on this one-machine cluster)."""
+    parent = psutil.Process(worker_pid).parent()
+    assert parent is not None and "ray" in " ".join(parent.cmdline()).lower(), parent
+    return parent
+
+
+async def test_plugins_run_on_the_cluster_each_in_its_own_actor(sup: Supervisor) -> None:
+    statuses = {status.id: status for status in sup.statuses()}
+    assert {status.state for status in statuses.values()} == {"running"}
+    for status in statuses.values():
+        assert status.where is not None and status.where.startswith("ray node "), status.where
+    assert await sup.call("echo", "echo", {"value": {"a": [1, 2.5, None, "é"]}}) == {"a": [1, 2.5, None, "é"]}
+    assert await sup.call("echo", "aecho", {"value": b"\x00bytes"}) == b"\x00bytes"
+    # One worker per plugin, each the child of its own actor process.
+    pids = [status.pid for status in statuses.values()]
+    assert None not in pids and len(set(pids)) == len(pids)
+    actors = {actor_process_of(pid).pid for pid in pids if pid is not None}
+    assert len(actors) == len(pids)
+    # Many calls in flight through one relay, answered each with its own value.
+    values = await asyncio.gather(*(sup.call("echo", "aecho", {"value": i}) for i in range(200)))
+    assert values == list(range(200))
+
+
+async def test_no_ray_variable_or_token_reaches_the_worker(sup: Supervisor, ray_cluster: Cluster, fault_plugins: Path) -> None:
+    seen = await sup.call("echo", "whoami")
+    leaked = sorted(key for key in seen["env"] if key.startswith("RAY_") or ray_cluster.token in seen["env"][key])
+    assert not leaked, leaked
+    # It runs in its plugin's folder as Ray unpacked it on the node, not in the host's copy.
+    assert Path(seen["cwd"]).name == "echo" and Path(seen["cwd"]) != fault_plugins / "echo"
+    assert (Path(seen["cwd"]) / "plugin.toml").read_text() == (fault_plugins / "echo" / "plugin.toml").read_text()
+
+
+async def test_a_crash_fails_the_call_with_worker_crashed_and_the_plugin_restarts(sup: Supervisor) -> None:
+    first = sup.status("crash").pid
+    with pytest.raises(WorkerCrashed) as caught:
+        await sup.call("crash", "crash", {"code": 7}, timeout=20)
+    assert caught.value.exit is not None and caught.value.exit.exit_code == 7
+    await sup.wait_for_state("crash", "running", timeout=30)
+    assert await sup.call("crash", "ping") == "pong"
+    status = sup.status("crash")
+    assert status.restarts == 1 and status.pid != first
+    assert first is not None and not pid_alive(first)
+
+
+async def test_a_hang_past_its_timeout_is_a_call_timeout_and_the_worker_is_replaced(sup: Supervisor) -> None:
+    first = sup.status("async_hang").pid
+    with pytest.raises(CallTimeout):
+        await sup.call("async_hang", "hang_ignoring_cancel", timeout=0.5)
+    # It swallows the cancel: the worker is killed after the grace and restarted.
+    await running_worker(sup, "async_hang", first, timeout=30)
+    assert await sup.call("async_hang", "ping") == "pong"
+    assert sup.status("async_hang").restarts == 1
+    # A cancellable hang is only a timeout: the same worker serves the next call.
+    pid = sup.status("async_hang").pid
+    with pytest.raises(CallTimeout):
+        await sup.call("async_hang", "hang", timeout=0.3)
+    assert await sup.call("async_hang", "ping") == "pong"
+    assert sup.status("async_hang").pid == pid
+
+
+async def test_a_sigkilled_worker_is_a_crash_and_recovers(sup: Supervisor) -> None:
+    pid = sup.status("echo").pid
+    assert pid is not None
+    call = asyncio.ensure_future(sup.call("echo", "asleep", {"seconds": 30}, timeout=60))
+    async with asyncio.timeout(10):
+        while sup.status("echo").in_flight == 0:  # noqa: ASYNC110 - waiting for the call to be in flight
+            await asyncio.sleep(0.01)
+    os.kill(pid, signal.SIGKILL)
+    with pytest.raises(WorkerCrashed) as caught:
+        await call
+    assert caught.value.exit is not None and caught.value.exit.signal == signal.SIGKILL
+    await sup.wait_for_state("echo", "running", timeout=30)
+    assert await sup.call("echo", "echo", {"value": 1}) == 1
+
+
+async def test_killing_the_actors_process_is_a_crash_and_recovers(sup: Supervisor) -> None:
+    pid = sup.status("echo").pid
+    assert pid is not None
+    actor = actor_process_of(pid)
+    call = asyncio.ensure_future(sup.call("echo", "asleep", {"seconds": 30}, timeout=60))
+    async with asyncio.timeout(10):
+        while sup.status("echo").in_flight == 0:  # noqa: ASYNC110 - waiting for the call to be in flight
+            await asyncio.sleep(0.01)
+    actor.kill()
+    with pytest.raises(WorkerCrashed) as caught:
+        await call
+    assert caught.value.exit is not None and "Ray actor" in caught.value.exit.reason
+    await sup.wait_for_state("echo", "running", timeout=30)
+    assert await sup.call("echo", "echo", {"value": 2}) == 2
+    assert sup.status("echo").restarts == 1
+    # The old worker died with its actor (PR_SET_PDEATHSIG).
+    await asyncio.to_thread(psutil.wait_procs, [psutil.Process(pid)] if pid_alive(pid) else [], 10)
+    assert not pid_alive(pid)
+
+
+async def test_a_memory_limit_is_enforced_on_the_node(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    set_runtime(fault_plugins / "hog", memory_limit_mb=128)
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        await wait_for(lambda: sup.status("hog").memory_rss is not None)  # measured on the node, reported through the relay
+        with pytest.raises(WorkerCrashed) as caught:
+            await sup.call("hog", "grow", {"mb": 1024, "pause": 0.01}, timeout=60)
+        assert caught.value.exit is not None and "memory limit hit" in caught.value.exit.reason, caught.value.exit
+        assert "plugin_runtime.memory_limit_mb = 128" in caught.value.exit.reason
+        await sup.wait_for_state("hog", "running", timeout=30)
+        assert await sup.call("hog", "ping") == "pong"
+
+
+async def test_a_stop_runs_the_shutdown_and_leaves_no_worker(sup: Supervisor) -> None:
+    pid = sup.status("echo").pid
+    assert pid is not None
+    actor = actor_process_of(pid)
+    await sup.stop_plugin("echo")
+    assert sup.status("echo").state == "stopped"
+    assert sup.status("echo").last_exit is not None and sup.status("echo").last_exit.exit_code == 0
+    assert not pid_alive(pid)
+    await asyncio.to_thread(psutil.wait_procs, [actor], 15)
+    assert not pid_alive(actor.pid)  # the actor goes with its worker
+    with pytest.raises(PluginUnavailable):
+        await sup.call("echo", "ping")
+
+
+async def test_local_and_ray_plugins_in_one_supervisor(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    set_runtime(fault_plugins / "crash", launcher="local")
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        assert sup.status("crash").where == "local"
+        assert psutil.Process(sup.status("crash").pid).ppid() == os.getpid()
+        assert (sup.status("echo").where or "").startswith("ray node ")
+        assert await sup.call("crash", "ping") == "pong"
+        assert await sup.call("echo", "echo", {"value": "both"}) == "both"
+        with pytest.raises(WorkerCrashed):
+            await sup.call("crash", "crash")
+        await sup.wait_for_state("crash", "running", timeout=30)
+        assert sup.status("crash").where == "local" and await sup.call("echo", "ping") == "pong"
+
+
+async def test_placement_that_no_node_can_meet_fails_with_what_it_asked_for(
+    fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    set_runtime(fault_plugins / "crash", num_gpus=1, timeout=3, restart="never", max_restarts=0)
+    set_runtime(fault_plugins / "hog", node_labels={"zone": "nowhere"}, timeout=3, restart="never", max_restarts=0)
+    set_runtime(fault_plugins / "async_hang", node_labels={"zone": "head"}, num_cpus=0.5)
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        crash, hog = sup.status("crash"), sup.status("hog")
+        assert crash.state == "failed" and "num_gpus = 1" in (crash.error or ""), crash.error
+        assert hog.state == "failed" and "node_labels = {zone = 'nowhere'}" in (hog.error or ""), hog.error
+        # A label the head node carries places the plugin there.
+        assert sup.status("async_hang").state == "running"
+        assert await sup.call("async_hang", "ping") == "pong"
+        assert await sup.call("echo", "ping") == "pong"  # the others were never held up
+
+
+async def test_the_same_plugin_code_runs_the_seed_examples_on_ray(ray_cluster: Cluster, tmp_path: Path) -> None:
+    plugins = copy_plugins(PLUGINS, tmp_path / "plugins")
+    async with Supervisor(plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        assert {status.id: status.state for status in sup.statuses() if status.state != "running"} == {}
+        assert await sup.call("thread_safe", "update", {"key": "k", "value": "v"}) == {"updated": True}
+        assert await sup.call("thread_safe", "get", {"key": "k"}) == {"value": "v"}
+        assert await sup.call("reliable_fetch", "flaky", {"fail_times": 2}) == {"attempts": 3}
+        assert await sup.call("configurable", "set_config", {"key": "mode", "value": "ray"}) == {"timeout": 30, "mode": "ray"}
+        assert await sup.call("persistent", "save", {"key": "a", "value": "first"}) == {"saved": True}
+        # data.db lives on the node, in the plugin's unpacked folder: it survives a restart there.
+        await sup.restart("persistent")
+        assert await sup.call("persistent", "load", {"key": "a"}) == {"key": "a", "value": "first"}
+        assert not (plugins / "persistent" / "data.db").exists()  # the host's copy is untouched
+
+
+async def test_serve_with_ray_runs_the_plugins_on_the_cluster(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    """`neko-supervisor serve PLUGINS --ray ADDRESS`: the host service, its workers on Ray."""
+    served = await start_serving(fault_plugins, tmp_path, "--ray", ray_cluster.address, env={"NEKO_SUPERVISOR_TOKEN": "t" * 32})
+    try:
+        status, plugins = await served.request("GET", "/v1/plugins")
+        assert status == 200
+        where = {plugin["id"]: plugin["where"] for plugin in plugins["plugins"]}
+        assert all((place or "").startswith("ray node ") for place in where.values()), where
+        assert await served.request("POST", "/v1/plugins/echo/entries/echo", {"value": [1, "two"]}) == (200, {"ok": True, "value": [1, "two"]})
+        status, answer = await served.request("POST", "/v1/plugins/crash/entries/crash", {"code": 3})
+        assert (status, answer["error"]["type"]) == (502, "WorkerCrashed"), answer
+        pids = [plugin["pid"] for plugin in plugins["plugins"]]
+    finally:
+        code = await served.signal_and_wait(signal.SIGTERM, timeout=30)
+    assert code == 0, text_of(served.stderr_path)
+    for pid in pids:
+        assert pid is None or not pid_alive(pid)
+
+
+async def test_stopping_a_plugin_while_ray_looks_for_a_node_ends_the_launch(
+    fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    set_runtime(fault_plugins / "crash", num_gpus=1, timeout=60, auto_start=False)  # no node has a GPU: the launch waits
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        assert await sup.call("echo", "ping") == "pong"
+        starting = asyncio.ensure_future(sup.start_plugin("crash"))
+        await sup.wait_for_state("crash", "starting", timeout=10)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await sup.stop_plugin("crash")
+        assert loop.time() - began < 10  # not the 60 s of plugin_runtime.timeout
+        await starting  # returns once the start settled: here, by the stop
+        status = sup.status("crash")
+        assert status.state == "stopped" and status.pid is None
+        assert await sup.call("echo", "ping") == "pong"
