@@ -129,6 +129,7 @@ async def test_list_plugins_reports_every_plugin(make_service: Callable[..., Awa
     assert set(rows) == {"echo", "raiser", "narrow", "off", "broken", "unimportable"}
     echo = rows["echo"]
     assert echo["state"] == "running" and echo["pid"] == service.sup.status("echo").pid
+    assert echo["where"] == "local" and rows["off"]["where"] is None  # where its worker runs; none when stopped
     assert echo["restarts"] == 0 and echo["last_exit"] is None and echo["uptime"] >= 0
     assert echo["memory_rss"] > 1_000_000 and echo["processes"] == 1
     assert {"calls", "failures", "in_flight", "queued", "cpu_time", "processes", "error"} <= set(echo)

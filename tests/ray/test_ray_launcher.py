@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
 from tests.faults.helpers import running_worker, set_runtime, wait_for
 from tests.integration.helpers import text_of
 from tests.integration.test_service_cli import start_serving
-from tests.ray.conftest import Cluster
+from tests.ray.conftest import Cluster, start_node, stop_node
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -42,6 +43,11 @@ def actor_process_of(worker_pid: int) -> psutil.Process:
     parent = psutil.Process(worker_pid).parent()
     assert parent is not None and "ray" in " ".join(parent.cmdline()).lower(), parent
     return parent
+
+
+def on_node(pid: int, node: subprocess.Popen[bytes]) -> bool:
+    """Whether the process runs under this node's `ray start` (its raylet started the actor)."""
+    return any(parent.pid == node.pid for parent in psutil.Process(pid).parents())
 
 
 async def test_plugins_run_on_the_cluster_each_in_its_own_actor(sup: Supervisor) -> None:
@@ -239,3 +245,34 @@ async def test_stopping_a_plugin_while_ray_looks_for_a_node_ends_the_launch(
         status = sup.status("crash")
         assert status.state == "stopped" and status.pid is None
         assert await sup.call("echo", "ping") == "pong"
+
+
+async def test_a_lost_node_is_a_crash_and_the_plugin_restarts_on_another_node(
+    fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """A node is SIGKILLed (raylet, actors, workers) with a call in flight: WorkerCrashed, then the
+    plugin restarts under its policy on the next node that can take it."""
+    set_runtime(fault_plugins / "echo", node_labels={"zone": "spot"}, timeout=5)
+    join = ("--address", ray_cluster.address, "--num-cpus", "2", "--labels", "zone=spot")
+    nodes = [start_node(ray_cluster.env, ray_cluster.temp_dir, "spot-1", *join)]
+    try:
+        async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+            first = sup.status("echo")
+            assert first.state == "running" and first.pid is not None and first.where is not None
+            assert on_node(first.pid, nodes[0])  # node_labels placed it on the spot node
+            call = asyncio.ensure_future(sup.call("echo", "asleep", {"seconds": 60}, timeout=90))
+            await wait_for(lambda: sup.status("echo").in_flight == 1)
+            stop_node(nodes[0])
+            with pytest.raises(WorkerCrashed) as caught:
+                await asyncio.wait_for(call, 30)
+            assert caught.value.exit is not None and "Ray actor" in caught.value.exit.reason, caught.value.exit
+            assert not pid_alive(first.pid)
+            nodes.append(start_node(ray_cluster.env, ray_cluster.temp_dir, "spot-2", *join))
+            await running_worker(sup, "echo", first.pid, timeout=60)
+            second = sup.status("echo")
+            assert second.pid is not None and on_node(second.pid, nodes[1]) and second.where != first.where
+            assert await sup.call("echo", "echo", {"value": "back"}) == "back"
+            assert await sup.call("crash", "ping") == "pong"  # the head's plugins never noticed
+    finally:
+        for node in nodes:
+            stop_node(node)

@@ -41,3 +41,12 @@ def test_the_checker_sees_a_forbidden_import(tmp_path: Path) -> None:
     sample = tmp_path / "sample.py"
     sample.write_text("import os\nfrom supervisor.errors import PluginError\nimport worker.sdk\n")
     assert imported_packages(sample) == {"os", "supervisor", "worker"}
+
+
+def test_only_the_ray_launcher_imports_ray() -> None:
+    """Ray is an optional extra: the rest of the supervisor works without it."""
+    allowed = {ROOT / "supervisor" / "launchers" / "ray.py", ROOT / "supervisor" / "launchers" / "relay.py"}
+    importers = sorted(
+        str(path.relative_to(ROOT)) for path in (ROOT / "supervisor").rglob("*.py") if "ray" in imported_packages(path) and path not in allowed
+    )
+    assert not importers, f"only supervisor/launchers/ray.py and relay.py may import ray: {importers}"

@@ -457,6 +457,7 @@ function refreshDetail(plugin) {
   setState($("#detail-state"), plugin.state);
   const facts = [
     plugin.pid ? `pid ${plugin.pid}` : "no worker",
+    plugin.where && plugin.where !== "local" ? plugin.where : null,
     plugin.uptime == null ? null : `up ${formatDuration(plugin.uptime)}`,
     plugin.memory_rss == null ? null : `${formatBytes(plugin.memory_rss)}`,
     plugin.cpu_time == null ? null : `${plugin.cpu_time.toFixed(1)} s CPU`,
