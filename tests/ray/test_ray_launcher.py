@@ -276,3 +276,34 @@ async def test_a_lost_node_is_a_crash_and_the_plugin_restarts_on_another_node(
     finally:
         for node in nodes:
             stop_node(node)
+
+
+async def test_a_spare_worker_on_ray_takes_over_after_a_crash(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    set_runtime(fault_plugins / "crash", spare_worker=True)
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        await wait_for(lambda: sup.status("crash").spare_pid is not None, timeout=30)
+        spare = sup.status("crash").spare_pid
+        first = sup.status("crash").pid
+        with pytest.raises(WorkerCrashed):
+            await sup.call("crash", "crash")
+        assert await running_worker(sup, "crash", first, timeout=30) == spare  # the spare took over
+        assert await sup.call("crash", "ping") == "pong"
+        assert (sup.status("crash").where or "").startswith("ray node ")
+
+
+async def test_the_fault_toolkit_works_through_the_relay(sup: Supervisor) -> None:
+    """Plugin authors test under faults on Ray as locally: kill in the entry, freeze past a timeout, kill now."""
+    chaos = sup.chaos("echo")
+    first = sup.status("echo").pid
+    chaos.kill_next_call("in_entry", entry="echo")
+    with pytest.raises(WorkerCrashed):
+        await sup.call("echo", "echo", {"value": 1})
+    second = await running_worker(sup, "echo", first, timeout=30)
+    chaos.freeze()  # SIGSTOP through the actor: the call cannot finish, nor be cancelled
+    with pytest.raises(CallTimeout):
+        await sup.call("echo", "echo", {"value": 2}, timeout=0.5)
+    third = await running_worker(sup, "echo", second, timeout=30)  # killed after cancel_grace, restarted
+    chaos.kill()
+    await running_worker(sup, "echo", third, timeout=30)
+    assert await sup.call("echo", "echo", {"value": 3}) == 3
+    assert [injection.kind for injection in chaos.injections] == ["kill_in_entry", "freeze", "kill"]
