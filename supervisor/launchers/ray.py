@@ -152,6 +152,9 @@ class RayLauncher:
                 "Ray is already connected in this process: the Ray launcher connects itself, with the plugins folder "
                 "as the job's working dir (ray.shutdown() first, or pass init_options)", permanent=True,
             )
+        quiet = _DropRecord("SIGTERM handler is not set")  # by design: see _join
+        ray_logger = logging.getLogger("ray._private.worker")
+        ray_logger.addFilter(quiet)
         try:
             ray.init(
                 address=self.address, namespace=self.namespace, log_to_driver=False,
@@ -160,6 +163,8 @@ class RayLauncher:
             )
         except Exception as exc:  # ConnectionError, RuntimeError, an auth failure, a folder too large...
             raise LaunchError(f"cannot join the Ray cluster at {self.address or 'a new local cluster'}: {_first_line(exc)}") from exc
+        finally:
+            ray_logger.removeFilter(quiet)
         self._connected_here = True
         self._relay = ray.remote(WorkerRelay)
 
@@ -204,6 +209,17 @@ class RayLauncher:
             await asyncio.to_thread(ray.shutdown)
         self._connecting = None
         self._root = None
+
+
+class _DropRecord(logging.Filter):
+    """Drops one expected warning (ray.init run off the main thread, on purpose)."""
+
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self._prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self._prefix)
 
 
 HOST_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
