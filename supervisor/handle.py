@@ -727,7 +727,7 @@ class WorkerHandle:
         finally:
             if self._tap is not None:
                 self._tap.close()
-            self._worker.close()
+            self._worker.close(reusable=not was_stopping)
             self._dead.set_result(self.exit)
 
     async def _collect_remains(self) -> None:

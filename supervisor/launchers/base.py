@@ -91,8 +91,9 @@ class LaunchedWorker(Protocol):
         """After the exit: kill what is left of its tree; returns the local processes to wait for."""
         ...
 
-    def close(self) -> None:
-        """Release the streams (the worker is dead)."""
+    def close(self, reusable: bool) -> None:
+        """Release the streams (the worker is dead). `reusable`: it died under us, so a
+        restart is likely: a launcher may keep what it placed (a Ray actor) for the next."""
         ...
 
 

@@ -123,6 +123,6 @@ class LocalWorker:
         known = list(known)
         return await asyncio.to_thread(lambda: containment.kill_descendants(None, known) + process.kill_tagged(self._tag))
 
-    def close(self) -> None:
+    def close(self, reusable: bool) -> None:
         for transport in self._transports:
             transport.close()

@@ -2,12 +2,15 @@
 
     supervisor (here)                         node chosen by Ray
     WorkerHandle --RayWorker-- actor calls --> WorkerRelay actor --pipes--> python -m worker PLUGIN_DIR
+                                               (one per plugin)            (one per worker)
 
 Everything the handle decides stays here: deadlines, cancel, kill after grace,
 the restart policy and budget. Ray only places and carries:
 
-- one actor per worker, created with max_restarts=0 and max_task_retries=0: Ray
-  never restarts it or runs a call twice (at-most-once stays ours);
+- one actor per plugin, created with max_restarts=0 and max_task_retries=0: Ray
+  never restarts it or runs a call twice (at-most-once stays ours). A restart
+  spawns the next worker from the same actor while it lives (no new Ray worker
+  process: a restart costs about what it costs locally); a spare runs beside;
 - placement from plugin.toml's `[plugin_runtime]` num_cpus, num_gpus, memory_mb
   and node_labels (a label selector); plugins that ask for nothing are spread;
 - the plugins folder is the Ray job's working dir (its runtime environment):
@@ -33,6 +36,7 @@ import logging
 import signal
 import threading
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +121,8 @@ class RayLauncher:
         self._connecting: asyncio.Future[None] | None = None
         self._root: Path | None = None  # the plugins folder: the job's working dir
         self._connected_here = False
-        self._relay: Any = None
+        self._relay: Any = None  # WorkerRelay as a Ray actor class
+        self._actors: dict[str, _PluginActor] = {}  # plugin id -> its relay actor
 
     async def connect(self, plugins_dir: Path) -> None:
         """Join the cluster (once), shipping `plugins_dir` as the job's working dir;
@@ -177,38 +182,107 @@ class RayLauncher:
                 await self.connect(spec.folder.parent)
         except TimeoutError:
             raise LaunchError(f"could not join the Ray cluster at {self.address} within {timeout:g} s (plugin_runtime.timeout)") from None
+        for attempt in (1, 2):
+            relay = self._relay_for(spec)
+            relay.users += 1
+            try:
+                async with asyncio.timeout_at(deadline):
+                    info = await relay.actor.spawn.remote(list(spec.worker_args), sorted(spec.env_allow), spec.tag)
+            except TimeoutError:
+                self._drop(relay)
+                raise LaunchError(
+                    f"no Ray node started the worker within {timeout:g} s (plugin_runtime.timeout): it asks for "
+                    f"{describe_needs(runtime)}; the cluster has {_available()} free"
+                ) from None
+            except ray.exceptions.RuntimeEnvSetupError as exc:
+                self._drop(relay)
+                raise LaunchError(f"Ray could not bring the plugins folder {spec.folder.parent} to a node: {_first_line(exc)}") from exc
+            except ray.exceptions.RayActorError as exc:
+                self._drop(relay)
+                if relay.spawned and attempt == 1:
+                    continue  # the plugin's actor died while it had no worker: a new one
+                raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
+            except (ray.exceptions.RayError, OSError) as exc:
+                self.release(relay)
+                raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
+            except BaseException:
+                # Cancelled (a stop): the actor may be spawning a worker nobody will read; it goes, with it.
+                self._drop(relay)
+                raise
+            relay.spawned = True
+            return RayWorker(self, relay, spec.tag, info)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _relay_for(self, spec: LaunchSpec) -> _PluginActor:
+        """The plugin's actor: the one its last worker ran in, while it lives and the plugin
+        asks for the same placement; else a new one."""
+        runtime = spec.manifest.runtime
+        options = placement(runtime)
+        memory_limit = runtime.memory_limit_mb * 1024 * 1024 or None
+        key = (repr(sorted(options.items())), memory_limit)
+        relay = self._actors.get(spec.manifest.id)
+        if relay is not None and relay.key == key:
+            return relay
+        if relay is not None:
+            self.retire(relay)  # its workers end as they are; the actor goes after them
         actor = self._relay.options(
-            **placement(runtime),
+            **options,
             max_restarts=0,       # the supervisor restarts workers, under its own policy
             max_task_retries=0,   # and never runs a call twice
-            max_concurrency=64,   # read() waits while write() and the signals go on
-        ).remote(spec.folder.name, self.watch_interval, spec.manifest.runtime.memory_limit_mb * 1024 * 1024 or None)
-        try:
-            async with asyncio.timeout_at(deadline):
-                info = await actor.spawn.remote(list(spec.worker_args), sorted(spec.env_allow), spec.tag)
-        except TimeoutError:
-            ray.kill(actor)
-            raise LaunchError(
-                f"no Ray node started the worker within {timeout:g} s (plugin_runtime.timeout): it asks for "
-                f"{describe_needs(runtime)}; the cluster has {_available()} free"
-            ) from None
-        except ray.exceptions.RuntimeEnvSetupError as exc:
-            ray.kill(actor)
-            raise LaunchError(f"Ray could not bring the plugins folder {spec.folder.parent} to a node: {_first_line(exc)}") from exc
-        except (ray.exceptions.RayError, OSError) as exc:
-            ray.kill(actor)
-            raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
-        except BaseException:
-            ray.kill(actor)
-            raise
-        return RayWorker(actor, info)
+            max_concurrency=64,   # a threaded actor: read() waits while write() and the signals go on
+        ).remote(spec.folder.name, self.watch_interval, memory_limit)
+        relay = _PluginActor(spec.manifest.id, actor, key)
+        self._actors[spec.manifest.id] = relay
+        return relay
+
+    def release(self, relay: _PluginActor) -> None:
+        """A worker of this actor is gone: a retired actor goes with its last worker."""
+        relay.users -= 1
+        if relay.retired and relay.users <= 0:
+            _kill_actor(relay.actor)
+
+    def retire(self, relay: _PluginActor) -> None:
+        """No new worker goes to this actor (the plugin was stopped, or asks for another
+        placement); it goes once its last worker is released."""
+        relay.retired = True
+        if self._actors.get(relay.plugin_id) is relay:
+            del self._actors[relay.plugin_id]
+        if relay.users <= 0:
+            _kill_actor(relay.actor)
+
+    def _drop(self, relay: _PluginActor) -> None:
+        """The actor is dead, or must be now (a failed or cancelled launch)."""
+        self.retire(relay)
+        relay.users = 0
+        _kill_actor(relay.actor)
+
+    actor_died = _drop
 
     async def close(self) -> None:
+        for relay in list(self._actors.values()):
+            self._drop(relay)
         if self._connected_here:
             self._connected_here = False
             await asyncio.to_thread(ray.shutdown)
         self._connecting = None
         self._root = None
+
+
+@dataclass(slots=True)
+class _PluginActor:
+    """One plugin's relay actor, shared by its workers (the current one and a spare) across restarts."""
+
+    plugin_id: str
+    actor: Any
+    key: tuple[str, int | None]  # the placement it was created with
+    users: int = 0               # workers launched in it and not yet cleaned up
+    spawned: bool = False        # it has been placed and has run a worker
+    retired: bool = False
+
+
+def _kill_actor(actor: Any) -> None:
+    with contextlib.suppress(Exception):
+        ray.kill(actor, no_restart=True)
 
 
 class _DropRecord(logging.Filter):
@@ -249,8 +323,9 @@ def _first_line(exc: BaseException) -> str:
 class _RelayedStdin:
     """The worker's stdin, through the actor: writes of one loop turn go in one call, numbered."""
 
-    def __init__(self, actor: Any, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, actor: Any, tag: str, loop: asyncio.AbstractEventLoop) -> None:
         self._actor = actor
+        self._tag = tag
         self._loop = loop
         self._pending: list[bytes] = []
         self._seq = 0
@@ -268,11 +343,11 @@ class _RelayedStdin:
             return
         data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
         self._pending.clear()
-        self._actor.write.remote(self._next(), data)
+        self._send(data)
 
-    def _next(self) -> int:
+    def _send(self, data: bytes | None) -> None:
         seq, self._seq = self._seq, self._seq + 1
-        return seq
+        self._actor.write.remote(self._tag, seq, data)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -281,7 +356,7 @@ class _RelayedStdin:
         if not self._closing:
             self._flush()
             self._closing = True
-            self._actor.close_stdin.remote(self._next())
+            self._send(None)  # after the writes before it: the worker sees EOF
 
 
 class RayWorker:
@@ -289,8 +364,11 @@ class RayWorker:
 
     watch_target = None  # on another node: its relay measures the tree (see connect's on_usage)
 
-    def __init__(self, actor: Any, info: dict[str, Any]) -> None:
-        self._actor = actor
+    def __init__(self, launcher: RayLauncher, relay: _PluginActor, tag: str, info: dict[str, Any]) -> None:
+        self._launcher = launcher
+        self._relay = relay
+        self._actor = relay.actor
+        self._tag = tag
         self._loop = asyncio.get_running_loop()
         self.pid: int = info["pid"]
         self.node_id: str = info["node_id"]
@@ -298,13 +376,14 @@ class RayWorker:
         self.where = f"ray node {self.node_ip} ({self.node_id[:12]})"
         self._reader: asyncio.Task[None] | None = None
         self._exited = False
+        self._actor_lost = False
         self._released = False
 
     async def connect(
         self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
     ) -> Pipe:
         self._reader = self._loop.create_task(self._relay_output(stdout, stderr, on_exit, on_usage), name=f"relay-{self.pid}")
-        return _RelayedStdin(self._actor, self._loop)
+        return _RelayedStdin(self._actor, self._tag, self._loop)
 
     async def _relay_output(
         self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
@@ -318,9 +397,15 @@ class RayWorker:
                 streams[kind].eof_received()
                 streams[kind].connection_lost(None)
 
+        def exited(returncode: int | None, reason: str | None) -> None:
+            for name in list(open_streams):
+                end(name)
+            self._exited = True
+            on_exit(returncode, reason)
+
         try:
             while True:
-                for event in await self._actor.read.remote():
+                for event in await self._actor.read.remote(self._tag):
                     kind = event[0]
                     if kind in streams:
                         streams[kind].data_received(event[1])
@@ -329,49 +414,47 @@ class RayWorker:
                     elif kind == "usage":
                         on_usage(TreeUsage(rss=event[1], cpu_time=event[2], count=event[3]))
                     elif kind == "exit":
-                        for name in list(open_streams):
-                            end(name)
-                        self._exited = True
-                        on_exit(event[1], None)
+                        exited(event[1], None)
+                        return
+                    elif kind == "gone":  # the relay no longer knows it (it cannot be reached twice)
+                        exited(None, "the Ray relay lost track of it")
                         return
         except ray.exceptions.RayError as exc:
             # The actor died (its process was killed, or its node was lost): the worker
             # died with it (PR_SET_PDEATHSIG), or will as soon as its node notices.
-            for name in list(open_streams):
-                end(name)
-            self._exited = True
-            self._forget_actor()
-            on_exit(None, f"the Ray actor relaying it died: {_first_line(exc)}")
+            self._actor_lost = True
+            self._launcher.actor_died(self._relay)
+            exited(None, f"the Ray actor relaying it died: {_first_line(exc)}")
 
     def send_signal(self, sig: int) -> None:
         if not self._exited:
-            self._actor.send_signal.remote(sig)
+            self._actor.send_signal.remote(self._tag, sig)
 
     async def kill_tree(self, known: Iterable[psutil.Process]) -> None:
         del known  # the relay keeps its own look at the tree
         try:
             async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
-                await self._actor.kill_tree.remote()
+                await self._actor.kill_tree.remote(self._tag)
         except (TimeoutError, ray.exceptions.RayError):
             # The actor cannot do it: end the actor, and the worker with it.
-            self._forget_actor()
+            self._actor_lost = True
+            self._launcher.actor_died(self._relay)
 
     async def cleanup(self, known: Iterable[psutil.Process]) -> list[psutil.Process]:
         del known
-        if not self._released:
+        if not self._actor_lost:
             with contextlib.suppress(TimeoutError, ray.exceptions.RayError):
                 async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
-                    await self._actor.cleanup.remote()
+                    await self._actor.cleanup.remote(self._tag)
         return []  # nothing local to wait for: the relay waited for the strays on its node
 
-    def close(self) -> None:
+    def close(self, reusable: bool) -> None:
         if self._reader is not None and not self._reader.done():
             self._reader.cancel()
-        self._forget_actor()
-
-    def _forget_actor(self) -> None:
         if not self._released:
             self._released = True
-            with contextlib.suppress(Exception):
-                ray.kill(self._actor, no_restart=True)
-
+            if not reusable:
+                # Stopped: no restart follows, so the actor (and what it reserved on
+                # its node) goes once its last worker (a spare) is gone too.
+                self._launcher.retire(self._relay)
+            self._launcher.release(self._relay)

@@ -78,14 +78,18 @@ async def test_no_ray_variable_or_token_reaches_the_worker(sup: Supervisor, ray_
 
 async def test_a_crash_fails_the_call_with_worker_crashed_and_the_plugin_restarts(sup: Supervisor) -> None:
     first = sup.status("crash").pid
+    assert first is not None
+    actor = actor_process_of(first)
     with pytest.raises(WorkerCrashed) as caught:
         await sup.call("crash", "crash", {"code": 7}, timeout=20)
     assert caught.value.exit is not None and caught.value.exit.exit_code == 7
     await sup.wait_for_state("crash", "running", timeout=30)
     assert await sup.call("crash", "ping") == "pong"
     status = sup.status("crash")
-    assert status.restarts == 1 and status.pid != first
-    assert first is not None and not pid_alive(first)
+    assert status.restarts == 1 and status.pid != first and status.pid is not None
+    assert not pid_alive(first)
+    # The plugin's actor spawned the new worker: no new Ray worker process to start, same node.
+    assert actor_process_of(status.pid).pid == actor.pid
 
 
 async def test_a_hang_past_its_timeout_is_a_call_timeout_and_the_worker_is_replaced(sup: Supervisor) -> None:
