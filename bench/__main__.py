@@ -5,18 +5,25 @@
     .venv/bin/python -m bench --quick         # fewer rounds, a smoke test of the harness
     .venv/bin/python -m bench --pin same      # parent and workers on CPU 0
     .venv/bin/python -m bench --pin cross     # parent on CPU 0, workers on CPU 1
+    .venv/bin/python -m bench --no-ray        # without the Ray rows (they start a local Ray cluster)
 
 Prints a markdown table (median, spread, p99, the ratio to each figure's
 reference and whether the target is met) and writes the same as JSON
 (`--json`, default bench-results.json). Every ratio compares figures of the
 same run: machines here are shared and noisy, and rounds are interleaved
 across contestants so a noisy moment hits them all alike.
+
+With Ray installed (and peers on), the async entry also runs through a
+Supervisor with the Ray launcher, on a local one-node cluster: its latency is
+held to the Ray actor peer's call plus the reference's pipe round trip, the two
+hops it adds up (supervisor -> relay actor, relay -> worker over pipes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import logging
 import os
@@ -30,11 +37,13 @@ from pathlib import Path
 from typing import Any
 
 from bench import reference, supervised
-from bench.measure import Figure, markdown, percentile, to_json
+from bench.measure import Figure, markdown, percentile, sum_of, to_json
 
 ROOT = Path(__file__).resolve().parent.parent
 BULK = b"\x5a" * (16 * 2**20)
 LATENCY_TARGET, THROUGHPUT_TARGET, COLD_TARGET, RESTART_TARGET, RSS_TARGET, BULK_TARGET, CPU_TARGET = 1.5, 0.7, 1.3, 1.5, 1.3, 0.7, 1.2
+RAY_TARGET = 1.0  # Ray-launched call <= Ray actor call + pipe round trip, same run
+LOCAL = ("supervisor_sync", "supervisor_async")  # the keys the supervisor's own targets apply to
 
 
 def pin_workers(pin: str | None) -> Callable[[int | None], None]:
@@ -79,7 +88,7 @@ async def latency_and_throughput(contestants: list[Any], rounds: int, calls: int
     figures = []
     for contestant in contestants:
         key = contestant.key
-        ours = key.startswith("supervisor")
+        ours = key in LOCAL
         figures.append(Figure(
             f"latency.{key}", f"{contestant.name}, 1 in flight", "us", medians[contestant.name],
             reference=None if key == "reference" else "latency.reference", target=LATENCY_TARGET if ours else None,
@@ -90,18 +99,34 @@ async def latency_and_throughput(contestants: list[Any], rounds: int, calls: int
         figures.append(Figure(
             f"throughput.{key}", f"{contestant.name}, 64 in flight", "calls/s", rates[contestant.name], higher_is_better=True,
             reference=None if key == "reference" else "throughput.reference",
-            target=THROUGHPUT_TARGET if key.startswith("supervisor") else None,
+            target=THROUGHPUT_TARGET if key in LOCAL else None,
         ))
-    peers = [f for f in figures if f.key.startswith("latency.") and f.key.split(".", 1)[1] not in ("reference", "supervisor_sync", "supervisor_async")]
+    peers = [f for f in figures if f.key.startswith("latency.peer_")]
     if peers:
         fastest = min(peers, key=lambda f: f.median)
-        for key in ("supervisor_sync", "supervisor_async"):
+        for key in LOCAL:
             ours = next(f for f in figures if f.key == f"latency.{key}")
             figures.append(Figure(
                 f"latency.{key}.vs_peer", f"{ours.label.removesuffix(', 1 in flight')} vs the fastest peer", "us",
                 ours.samples, reference=fastest.key, target=0.5,
             ))
-    return figures
+    return figures + ray_figures({figure.key: figure for figure in figures})
+
+
+def ray_figures(by_key: dict[str, Figure]) -> list[Figure]:
+    """The Ray launcher's target: its call against a plain Ray actor call plus the local
+    pipe round trip, summed round by round (empty without both Ray contestants)."""
+    ours, actor = by_key.get("latency.supervisor_ray"), by_key.get("latency.peer_rayecho")
+    if ours is None or actor is None:
+        return []
+    budget = sum_of("latency.ray_budget", "ray actor call + reference pipe round trip, 1 in flight", [actor, by_key["latency.reference"]])
+    return [
+        budget,
+        Figure("latency.supervisor_ray.vs_budget", "Ray launcher vs ray actor call + pipe round trip", "us", ours.samples,
+               reference=budget.key, target=RAY_TARGET),
+        Figure("throughput.supervisor_ray.vs_actor", "Ray launcher vs ray actor, 64 in flight", "calls/s",
+               by_key["throughput.supervisor_ray"].samples, higher_is_better=True, reference="throughput.peer_rayecho"),
+    ]
 
 
 async def run(args: argparse.Namespace) -> list[Figure]:
@@ -121,9 +146,13 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         except ImportError as exc:
             notes.append(f"peers skipped: {exc} (pip install -e '.[bench]')")
         else:
+            # Before the Ray actor peer: the launcher must be the one to call ray.init.
+            contestants += ray_launched(args, notes)
             classes, skipped = peers.available_peers()
             notes += skipped
             for cls in classes:
+                if args.no_ray and cls is peers.RayEcho:
+                    continue
                 peer = cls()
                 peer.key = f"peer_{cls.__name__.lower()}"
                 contestants.append(peer)
@@ -144,7 +173,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         await spare.start()
         started.append(spare)
         move(spare.worker_pid())
-        restartable = [c for c in [*contestants, spare] if c.key in ("supervisor_async", "supervisor_spare") or getattr(c, "restartable", False)]
+        restartable = [c for c in [*contestants, spare] if c.key in ("supervisor_async", "supervisor_spare", "supervisor_ray") or getattr(c, "restartable", False)]
         restart_times: dict[str, list[float]] = {c.key: [] for c in restartable}
         for _ in range(args.starts):
             for contestant in restartable:
@@ -155,6 +184,9 @@ async def run(args: argparse.Namespace) -> list[Figure]:
                               reference="start.bare", target=RESTART_TARGET))
         figures.append(Figure("restart.spare", "the same with spare_worker = true", "ms", ours["spare"],
                               reference="start.bare", target=RESTART_TARGET))
+        if "supervisor_ray" in restart_times:
+            figures.append(Figure("restart.supervisor_ray", "the same with the Ray launcher (a new relay actor too)", "ms",
+                                  restart_times["supervisor_ray"], reference="restart.supervisor"))
         for contestant in restartable:
             if not contestant.key.startswith("supervisor"):
                 figures.append(Figure(f"restart.{contestant.key}", f"{contestant.name}: restart after SIGKILL", "ms", restart_times[contestant.key]))
@@ -202,6 +234,18 @@ async def run(args: argparse.Namespace) -> list[Figure]:
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     return figures
+
+
+def ray_launched(args: argparse.Namespace, notes: list[str]) -> list[Any]:
+    """The Ray-launched contestant, or none (with a note saying why)."""
+    if args.no_ray:
+        return []
+    if importlib.util.find_spec("ray") is None:
+        notes.append("Ray launcher rows skipped: ray not installed (pip install -e '.[ray]')")
+        return []
+    contestant = supervised.ray_launched()
+    contestant.key = "supervisor_ray"  # type: ignore[attr-defined]
+    return [contestant]
 
 
 async def fan_out(args: argparse.Namespace, move: Callable[[int | None], None]) -> list[Figure]:
@@ -277,6 +321,7 @@ def main() -> int:
     parser.add_argument("--pin", choices=("same", "cross"), default=None, help="CPU placement (default: the scheduler's)")
     parser.add_argument("--quick", action="store_true", help="few rounds: checks the harness, not the speed")
     parser.add_argument("--no-peers", action="store_true", help="only the reference and the supervisor")
+    parser.add_argument("--no-ray", action="store_true", help="without the Ray launcher and the Ray actor peer")
     parser.add_argument("--json", type=Path, default=Path("bench-results.json"), help="where to write the JSON (default bench-results.json)")
     args = parser.parse_args()
     scale = dict(rounds=3, calls=100, bursts=2, burst_size=500, starts=3, bulk_rounds=2, plugins=10, fan_rounds=1, fan_calls=100) if args.quick else \

@@ -42,6 +42,15 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
+def sum_of(key: str, label: str, parts: list[Figure]) -> Figure:
+    """A figure whose sample of each round is the sum of `parts`' samples of that round:
+    a budget made of two costs measured in the same rounds (rounds are interleaved, so
+    a noisy moment weighs on every part of one sum alike)."""
+    if not parts or len({len(part.samples) for part in parts}) != 1 or len({part.unit for part in parts}) != 1:
+        raise ValueError(f"{key}: parts must share one unit and one number of rounds")
+    return Figure(key, label, parts[0].unit, [sum(samples) for samples in zip(*(part.samples for part in parts), strict=True)])
+
+
 def ratio(figure: Figure, figures: dict[str, Figure]) -> float | None:
     if figure.reference is None or figure.reference not in figures:
         return None

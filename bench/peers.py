@@ -11,7 +11,8 @@ Each class implements `bench.echo.Echo` around one library, with one worker:
 
 `available_peers()` returns the classes whose library is importable and a note for
 each one skipped. Every worker runs `bench.echo.echo`, imported by name, so the
-benchmark must run as `python -m bench` from the repository root.
+benchmark must run as `python -m bench` from the repository root (Ray's actor
+is the exception: its class is shipped by value, see RayEcho.start).
 
 The libraries are blocking: `call` and `burst` block the event loop, which the
 benchmark allows because it runs one contestant at a time. A burst keeps at most
@@ -283,6 +284,10 @@ class RayEcho:
         if not ray.is_initialized():
             ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
             self._owns_ray = True
+        # Ray's workers import an actor's class by name from their working dir, which
+        # the Ray launcher (joined first in the benchmark) makes the plugins folder:
+        # `bench` is not there. Shipped by value, the class needs no import.
+        ray.cloudpickle.register_pickle_by_value(sys.modules["bench"])
         self._actor = ray.remote(_EchoActor).remote()
         ray.get(self._actor.echo.remote(b"warm"))
 
@@ -297,6 +302,7 @@ class RayEcho:
 
     async def close(self) -> None:
         self._ray.kill(self._actor)
+        self._ray.cloudpickle.unregister_pickle_by_value(sys.modules["bench"])
         if self._owns_ray:
             self._ray.shutdown()
 

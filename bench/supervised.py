@@ -16,6 +16,7 @@ import psutil
 
 from bench.echo import gather_bounded
 from supervisor import Supervisor
+from supervisor.launchers import Launcher
 
 PLUGIN = Path(__file__).resolve().parent / "plugins" / "echo"
 BULK_FRAME = 64 * 1024 * 1024  # room for a 16 MiB value each way
@@ -38,12 +39,14 @@ def plugins_folder(count: int, spare: bool = False) -> Path:
 class SupervisorEcho:
     """An `Echo` contestant: Supervisor.call of one entry of the bench plugin."""
 
-    def __init__(self, entry: str, spare: bool = False) -> None:
+    def __init__(self, entry: str, spare: bool = False, launcher: Launcher | None = None) -> None:
         self.entry = entry
         self.name = f"Supervisor.call, {'sync' if entry == 'echo' else 'async'} entry" + (", spare_worker = true" if spare else "")
+        if launcher is not None:
+            self.name += f", {launcher.name} launcher"
         self.spare = spare
         self._folder = plugins_folder(1, spare)
-        self.sup = Supervisor(self._folder, log_dir=False, max_frame_size=BULK_FRAME)
+        self.sup = Supervisor(self._folder, log_dir=False, max_frame_size=BULK_FRAME, launcher=launcher)
 
     async def start(self) -> None:
         await self.sup.start()
@@ -73,6 +76,19 @@ class SupervisorEcho:
         shutil.rmtree(self._folder, ignore_errors=True)
 
 
+def ray_launched() -> SupervisorEcho:
+    """The async entry through a Supervisor whose worker a Ray actor spawns and relays,
+    on a new local one-node cluster. Create and start it before any other Ray user of
+    this process: the launcher calls ray.init itself (the plugins folder is the job's
+    working dir) and refuses to share a connection it did not make."""
+    from supervisor.launchers.ray import RayLauncher
+
+    # As the Ray actor peer would start it: two CPUs, no dashboard (its processes
+    # would only add noise to every figure of the run).
+    launcher = RayLauncher(None, init_options={"num_cpus": 2, "include_dashboard": False})
+    return SupervisorEcho("aecho", launcher=launcher)
+
+
 async def cold_start(count: int) -> float:
     """Seconds from `start()` (discovery, spawn) until `count` plugins are all running."""
     folder = plugins_folder(count)
@@ -90,7 +106,8 @@ async def cold_start(count: int) -> float:
 
 
 async def restart_after_sigkill(contestant: Any) -> float:
-    """Seconds from SIGKILL of the contestant's worker until a call completes again."""
+    """Seconds from SIGKILL of the contestant's worker until a call completes again.
+    The worker must run on this machine (so a Ray-launched one: on a local cluster)."""
     pid = contestant.worker_pid()
     assert pid is not None
     if isinstance(contestant, SupervisorEcho):
