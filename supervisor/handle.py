@@ -225,8 +225,6 @@ class WorkerHandle:
             tuple(process.worker_args(self.max_frame_size, self.manifest.runtime, self.sandbox, self.network, self.standby)),
             self.env, self._env_allow, self.token,
         )
-        # One budget, plugin_runtime.timeout, from launch to handshake.
-        deadline = self._loop.time() + self.manifest.runtime.timeout
         # A task of its own: a kill (a stop) during a launch that takes time (a Ray node
         # to find) cancels it, and nothing is left running.
         self._launching = launching = self._loop.create_task(self.launcher.launch(spec, self.manifest.runtime.timeout))
@@ -242,7 +240,7 @@ class WorkerHandle:
             self._move(WorkerState.DEAD)
             self._dead.set_result(ExitInfo(0, None, self._death_reason or f"launch failed: {exc}"))
             if isinstance(exc, asyncio.CancelledError) and self._kill_requested and not self._current_task_cancelling():
-                raise StartFailed(f"the worker's launch was stopped: {self._death_reason}") from None
+                raise StartFailed(f"the worker's launch was stopped: {self._death_reason}", exit=self._dead.result()) from None
             if isinstance(exc, LaunchError):
                 raise StartFailed(exc.message, permanent=exc.permanent) from exc
             if isinstance(exc, OSError):
@@ -252,7 +250,10 @@ class WorkerHandle:
             self._launching = None
         if self._kill_requested:  # killed (stopped) after the launch ended, before this task resumed
             await self._discard()
-            raise StartFailed(f"the worker's launch was stopped: {self._death_reason}")
+            raise StartFailed(f"the worker's launch was stopped: {self._death_reason}", exit=self.exit)
+        # plugin_runtime.timeout for the handshake; a launcher bounds its own launch (a Ray
+        # node to find) by the same timeout, and joining a cluster by its own.
+        deadline = self._loop.time() + self.manifest.runtime.timeout
         await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake), deadline)
         if not self.standby:
             self._ready()
@@ -512,7 +513,7 @@ class WorkerHandle:
             return await self.wait_dead()
         self.log.event(f"worker {self.pid} did not exit within {shutdown_timeout:g} s of shutdown; sending SIGTERM", logging.WARNING)
         # SIGTERM ends the worker without its own cleanup of its children: look at
-        # the tree now, so _kill_remains finds them after it dies.
+        # the tree now, so the cleanup after its death finds them.
         await self._look_at_tree()
         self._signal(signal.SIGTERM)
         if await self._wait_dead_for(SIGTERM_GRACE):

@@ -58,6 +58,9 @@ ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # used with fullmatch: no "$" that a
 ENTRY_PATTERN = re.compile(r"[A-Za-z_][\w.-]*:[A-Za-z_]\w*")  # "module.path:Class"
 RESTART_POLICIES = ("always", "on-failure", "never")
 LAUNCHERS = ("local", "ray")
+# Ray's node labels follow Kubernetes' label syntax.
+LABEL_VALUE_PATTERN = re.compile(r"(?:[A-Za-z0-9](?:[-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?)?")
+LABEL_KEY_PATTERN = re.compile(r"(?:[a-z0-9](?:[-.a-z0-9]{0,251}[a-z0-9])?/)?[A-Za-z0-9](?:[-_.A-Za-z0-9]{0,61}[A-Za-z0-9])?")
 MIN_OPEN_FILES = 32  # the worker itself needs a few (pipes, epoll, the interpreter's own)
 MIN_MEMORY_MB = 32   # an idle worker takes about 20 MB: less would kill it at every start
 
@@ -168,8 +171,13 @@ def parse_manifest(path: Path, text: str) -> Manifest:
         raise ManifestError(str(path), "plugin_runtime.launcher", f"must be one of {', '.join(map(repr, LAUNCHERS))}, got {launcher!r}")
     node_labels = get("node_labels", (dict,), {})
     for label, value in node_labels.items():
+        where = f"plugin_runtime.node_labels.{label}"
         if not isinstance(value, str):
-            raise ManifestError(str(path), f"plugin_runtime.node_labels.{label}", f"must be a string, got {type(value).__name__} {value!r}")
+            raise ManifestError(str(path), where, f"must be a string, got {type(value).__name__} {value!r}")
+        if not LABEL_KEY_PATTERN.fullmatch(label):
+            raise ManifestError(str(path), where, "is not a node label name: letters, digits, '-', '_' and '.', at most 63, optionally after 'a.dns.prefix/'")
+        if not LABEL_VALUE_PATTERN.fullmatch(value):
+            raise ManifestError(str(path), where, f"must be a node label value (letters, digits, '-', '_' and '.', at most 63, starting and ending alphanumeric), got {value!r}")
     runtime = RuntimeOptions(
         enabled=get("enabled", (bool,), defaults.enabled),
         auto_start=get("auto_start", (bool,), defaults.auto_start),

@@ -1,7 +1,7 @@
 """Where a worker runs: the launcher seam and its two launchers.
 
     Launcher.launch(spec) -> LaunchedWorker      one worker process, started
-        .connect(stdout, stderr, on_exit) -> Pipe   its streams, and word of its exit
+        .connect(stdout, stderr, on_exit, on_usage) -> Pipe   its streams, its exit (and its usage, if remote)
         .send_signal(sig)                         to the worker and its process group
         .kill_tree(known)                         SIGKILL the worker and everything below it
         .cleanup(known)                           after the exit: kill what is left of its tree

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import re
 import signal
 import threading
 from collections.abc import Iterable
@@ -45,6 +47,7 @@ import psutil
 try:
     import ray
     import ray.exceptions
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     raise ModuleNotFoundError(
         "the Ray launcher needs Ray: pip install 'neko-supervisor[ray]'", name=exc.name
@@ -52,12 +55,14 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
 
 from supervisor.containment import TreeUsage
 from supervisor.launchers.base import ExitCallback, LaunchError, LaunchSpec, Pipe, UsageCallback
-from supervisor.launchers.relay import WorkerRelay
+from supervisor.launchers.relay import WorkerRelay, kill_tagged_on_this_node
 from supervisor.manifest import RuntimeOptions
 
 logger = logging.getLogger("supervisor.ray")
 
 ACTOR_CALL_TIMEOUT = 5.0  # a signal, kill or cleanup the actor does not answer in this long: kill the actor
+JOIN_TIMEOUT = 120.0      # joining the cluster, the plugins folder's upload included
+PROBE_TIMEOUT = 5.0       # the head's port must answer a TCP connect this fast
 DEFAULT_NAMESPACE = "neko-supervisor"
 
 
@@ -141,12 +146,33 @@ class RayLauncher:
             raise
 
     async def _join(self, plugins_dir: Path) -> None:
+        where = self.address or "a new local cluster"
+        if self.address not in (None, "auto") and not self.address.startswith("ray://"):
+            # ray.init retries an address nobody answers for minutes: ask the port first.
+            await _reachable(self.address)
         # Ray's core worker installs its own handler for SIGTERM (a crash report, then
         # abort) over the host's: a service must still stop cleanly on SIGTERM, so the
         # handlers the host had are put back once Ray is in.
         saved = _host_signal_handlers()
+        loop = asyncio.get_running_loop()
+        joined: asyncio.Future[None] = loop.create_future()
+
+        def join() -> None:
+            try:
+                self._init(plugins_dir)
+            except BaseException as exc:
+                loop.call_soon_threadsafe(_settle, joined, exc)
+            else:
+                loop.call_soon_threadsafe(_settle, joined, None)
+
+        # A daemon thread, not the loop's executor: a join that hangs must never keep
+        # the host from exiting (asyncio.run waits for its executor's threads).
+        threading.Thread(target=join, name="ray-join", daemon=True).start()
         try:
-            await asyncio.to_thread(self._init, plugins_dir)
+            async with asyncio.timeout(JOIN_TIMEOUT):
+                await joined
+        except TimeoutError:
+            raise LaunchError(f"could not join the Ray cluster at {where} within {JOIN_TIMEOUT:g} s") from None
         finally:
             for sig, handler in saved.items():
                 signal.signal(sig, handler)
@@ -155,7 +181,8 @@ class RayLauncher:
         if ray.is_initialized():
             raise LaunchError(
                 "Ray is already connected in this process: the Ray launcher connects itself, with the plugins folder "
-                "as the job's working dir (ray.shutdown() first, or pass init_options)", permanent=True,
+                "as the job's working dir (create the launcher before any other use of Ray, or call ray.shutdown() first)",
+                permanent=True,
             )
         quiet = _DropRecord("SIGTERM handler is not set")  # by design: see _join
         ray_logger = logging.getLogger("ray._private.worker")
@@ -175,15 +202,13 @@ class RayLauncher:
 
     async def launch(self, spec: LaunchSpec, timeout: float) -> RayWorker:
         runtime = spec.manifest.runtime
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        try:
-            async with asyncio.timeout_at(deadline):
-                await self.connect(spec.folder.parent)
-        except TimeoutError:
-            raise LaunchError(f"could not join the Ray cluster at {self.address} within {timeout:g} s (plugin_runtime.timeout)") from None
+        await self.connect(spec.folder.parent)  # bounded by JOIN_TIMEOUT, not by the plugin's own timeout
+        deadline = asyncio.get_running_loop().time() + timeout
         for attempt in (1, 2):
-            relay = self._relay_for(spec)
+            try:
+                relay = self._relay_for(spec)
+            except Exception as exc:  # Ray refused the options (a label it cannot parse, a fractional GPU over 1...)
+                raise LaunchError(f"Ray refused the placement {describe_needs(runtime)}: {_first_line(exc)}", permanent=True) from exc
             relay.users += 1
             try:
                 async with asyncio.timeout_at(deadline):
@@ -280,6 +305,11 @@ class _PluginActor:
     retired: bool = False
 
 
+@functools.cache
+def _stray_killer() -> Any:
+    return ray.remote(num_cpus=0, max_retries=0)(kill_tagged_on_this_node)
+
+
 def _kill_actor(actor: Any) -> None:
     with contextlib.suppress(Exception):
         ray.kill(actor, no_restart=True)
@@ -312,12 +342,46 @@ def _available() -> str:
     except Exception:  # the cluster's view is a hint in an error message, never a new error
         return "an unknown amount"
     shown = {key: value for key, value in free.items() if not key.startswith(("node:", "object_store"))}
-    return ", ".join(f"{key} {value:g}" for key, value in sorted(shown.items())) or "nothing"
+    return ", ".join(
+        f"memory {value / 2**20:.0f} MB" if key == "memory" else f"{key} {value:g}" for key, value in sorted(shown.items())
+    ) or "nothing"
+
+
+ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """What went wrong, in one line: for an error raised in an actor, its cause, not Ray's header."""
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, BaseException):
+        exc = cause
+    text = ANSI_ESCAPE.sub("", str(exc)).strip()
+    line = text.splitlines()[0] if text else ""
+    if isinstance(exc, ray.exceptions.RayError):
+        return line or type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__
+
+
+def _settle(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+async def _reachable(address: str) -> None:
+    """Raise LaunchError unless host:port accepts a TCP connection within a few seconds."""
+    host, _, port = address.rpartition(":")
+    try:
+        async with asyncio.timeout(PROBE_TIMEOUT):
+            _, writer = await asyncio.open_connection(host.strip("[]") or "127.0.0.1", int(port))
+    except ValueError:
+        raise LaunchError(f"the Ray address {address!r} is not host:port (or 'auto', or ray://...)", permanent=True) from None
+    except (OSError, TimeoutError) as exc:
+        raise LaunchError(f"cannot join the Ray cluster at {address}: nothing answers there ({exc or 'no answer'})") from None
+    writer.close()
 
 
 class _RelayedStdin:
@@ -425,6 +489,14 @@ class RayWorker:
             self._actor_lost = True
             self._launcher.actor_died(self._relay)
             exited(None, f"the Ray actor relaying it died: {_first_line(exc)}")
+        except Exception as exc:
+            # A bug on this side: the worker's exit would never be seen (stop() would wait
+            # for ever). The actor goes, and the worker with it.
+            logger.exception("relay of worker %s failed", self.pid)
+            self._actor_lost = True
+            self._launcher.actor_died(self._relay)
+            if not self._exited:
+                exited(None, f"the relay failed: {type(exc).__name__}: {exc}")
 
     def send_signal(self, sig: int) -> None:
         if not self._exited:
@@ -442,11 +514,17 @@ class RayWorker:
 
     async def cleanup(self, known: Iterable[psutil.Process]) -> list[psutil.Process]:
         del known
-        if not self._actor_lost:
-            with contextlib.suppress(TimeoutError, ray.exceptions.RayError):
-                async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
+        with contextlib.suppress(TimeoutError, ray.exceptions.RayError):
+            async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
+                if not self._actor_lost:
                     await self._actor.cleanup.remote(self._tag)
-        return []  # nothing local to wait for: the relay waited for the strays on its node
+                else:
+                    # The actor is gone but its node may live: a task pinned there kills
+                    # what the worker left (a lost node takes them with it).
+                    await _stray_killer().options(
+                        scheduling_strategy=NodeAffinitySchedulingStrategy(self.node_id, soft=False)
+                    ).remote(self._tag)
+        return []  # nothing local to wait for: the strays were waited for on their node
 
     def close(self, reusable: bool) -> None:
         if self._reader is not None and not self._reader.done():

@@ -46,6 +46,19 @@ STRAY_KILL_TIMEOUT = 1.0
 READ_CHUNK = 1 << 16
 
 Event = tuple[Any, ...]
+# What Ray sets in an actor's environment for the accelerators it reserved for it.
+ACCELERATOR_VARIABLES = (
+    "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ONEAPI_DEVICE_SELECTOR",
+    "NEURON_RT_VISIBLE_CORES", "TPU_VISIBLE_CHIPS", "HABANA_VISIBLE_MODULES",
+)
+
+
+def kill_tagged_on_this_node(tag: str) -> int:
+    """A Ray task's body, pinned to the node of an actor that died: its worker's
+    descendants outlived it (the worker died of its parent's death, its children did not)."""
+    found = process.kill_tagged(tag)
+    psutil.wait_procs(found, timeout=STRAY_KILL_TIMEOUT)
+    return len(found)
 
 
 class _RelayedWorker:
@@ -205,6 +218,9 @@ class WorkerRelay:
         if not (folder / "plugin.toml").is_file():
             raise FileNotFoundError(f"{folder}/plugin.toml is not on this node (was the plugin folder added after the supervisor joined the cluster?)")
         env = process.worker_env(env_allow)
+        # The devices Ray gave this actor are the worker's: without these, a plugin that
+        # asked for one GPU would see every GPU of the node.
+        env.update({name: os.environ[name] for name in ACCELERATOR_VARIABLES if name in os.environ})
         env[process.TAG_VARIABLE] = tag
         worker = _RelayedWorker(tag, self._watch_interval, self._memory_limit)
         started, failed = threading.Event(), list[BaseException]()

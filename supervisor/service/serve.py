@@ -19,11 +19,11 @@ import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from aiohttp import web
 
-from supervisor.launchers import Launcher
+from supervisor.launchers import LaunchError
 from supervisor.service.app import (
     DEFAULT_MAX_BODY,
     DEFAULT_MAX_TIMEOUT,
@@ -42,6 +42,9 @@ from supervisor.service.auth import (
 )
 from supervisor.supervisor import Supervisor, default_log_dir
 
+if TYPE_CHECKING:
+    from supervisor.launchers.ray import RayLauncher
+
 logger = logging.getLogger("supervisor.service")
 
 EXIT_OK = 0
@@ -55,7 +58,7 @@ class ServeError(Exception):
     """The service cannot start (bad folder, bad token, port in use): one line for the user."""
 
 
-def ray_launcher(address: str | None) -> Launcher | None:
+def ray_launcher(address: str | None) -> RayLauncher | None:
     """`--ray ADDRESS`: a RayLauncher, or ServeError if Ray is not installed."""
     if address is None:
         return None
@@ -91,7 +94,15 @@ async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
     except TokenError as exc:
         raise ServeError(str(exc)) from None
     raise_open_files_limit()
-    sup = Supervisor(options.plugins_dir, sandbox=options.sandbox, network=options.network, launcher=ray_launcher(options.ray_address))
+    launcher = ray_launcher(options.ray_address)
+    if launcher is not None:
+        # Before serving: a cluster that cannot be joined is a start-up error naming --ray,
+        # not a failed start of every plugin.
+        try:
+            await launcher.connect(options.plugins_dir.resolve())
+        except LaunchError as exc:
+            raise ServeError(f"--ray {options.ray_address}: {exc.message}") from None
+    sup = Supervisor(options.plugins_dir, sandbox=options.sandbox, network=options.network, launcher=launcher)
     state = ServiceState()
     config = ServiceConfig(token, HostPolicy.for_bind(options.host, options.allow_hosts), options.max_body, options.max_timeout)
     runner = web.AppRunner(

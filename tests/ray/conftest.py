@@ -103,7 +103,8 @@ def ray_cluster() -> Iterator[Cluster]:
     env = dict(os.environ)
     port = _free_port()
     head = start_node(
-        env, temp_dir, "head", "--head", "--port", str(port), "--num-cpus", "4", "--include-dashboard=false",
+        # One GPU declared (no hardware needed): Ray then sets CUDA_VISIBLE_DEVICES for an actor that asks for it.
+        env, temp_dir, "head", "--head", "--port", str(port), "--num-cpus", "4", "--num-gpus", "1", "--include-dashboard=false",
         "--temp-dir", str(temp_dir), "--labels", "zone=head",
         # A lost node is noticed in about a second, not Ray's default half minute.
         "--system-config", json.dumps(FAST_HEALTH_CHECKS),

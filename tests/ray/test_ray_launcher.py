@@ -21,7 +21,7 @@ from supervisor.launchers.ray import RayLauncher
 from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
 from tests.faults.helpers import running_worker, set_runtime, wait_for
 from tests.integration.helpers import text_of
-from tests.integration.test_service_cli import start_serving
+from tests.integration.test_service_cli import launch, start_serving
 from tests.ray.conftest import Cluster, start_node, stop_node
 
 pytestmark = pytest.mark.timeout(120)
@@ -186,12 +186,13 @@ async def test_local_and_ray_plugins_in_one_supervisor(fault_plugins: Path, ray_
 async def test_placement_that_no_node_can_meet_fails_with_what_it_asked_for(
     fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path
 ) -> None:
-    set_runtime(fault_plugins / "crash", num_gpus=1, timeout=3, restart="never", max_restarts=0)
+    set_runtime(fault_plugins / "crash", num_gpus=2, timeout=3, restart="never", max_restarts=0)  # the cluster has 1
     set_runtime(fault_plugins / "hog", node_labels={"zone": "nowhere"}, timeout=3, restart="never", max_restarts=0)
     set_runtime(fault_plugins / "async_hang", node_labels={"zone": "head"}, num_cpus=0.5)
     async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
         crash, hog = sup.status("crash"), sup.status("hog")
-        assert crash.state == "failed" and "num_gpus = 1" in (crash.error or ""), crash.error
+        assert crash.state == "failed" and "num_gpus = 2" in (crash.error or ""), crash.error
+        assert "GPU 1" in (crash.error or "")  # what the cluster has free
         assert hog.state == "failed" and "node_labels = {zone = 'nowhere'}" in (hog.error or ""), hog.error
         # A label the head node carries places the plugin there.
         assert sup.status("async_hang").state == "running"
@@ -311,3 +312,34 @@ async def test_the_fault_toolkit_works_through_the_relay(sup: Supervisor) -> Non
     await running_worker(sup, "echo", third, timeout=30)
     assert await sup.call("echo", "echo", {"value": 3}) == 3
     assert [injection.kind for injection in chaos.injections] == ["kill_in_entry", "freeze", "kill"]
+
+
+async def test_a_plugin_that_asks_for_a_gpu_sees_the_one_ray_gave_it(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    set_runtime(fault_plugins / "echo", num_gpus=1)
+    async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        seen = (await sup.call("echo", "whoami"))["env"]
+        assert seen.get("CUDA_VISIBLE_DEVICES") == "0", sorted(seen)
+
+
+async def test_the_children_of_a_worker_whose_actor_died_are_killed_on_its_node(
+    ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["grandchild"])
+    async with Supervisor(plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+        worker = sup.status("grandchild").pid
+        assert worker is not None
+        children = [psutil.Process(pid) for pid in (await sup.call("grandchild", "spawn"))["pids"]]
+        actor_process_of(worker).kill()
+        await running_worker(sup, "grandchild", worker, timeout=30)
+        _, alive = await asyncio.to_thread(psutil.wait_procs, children, 10)
+        assert not [proc.pid for proc in alive if pid_alive(proc.pid)]
+        assert await sup.call("grandchild", "ping") == "pong"
+
+
+async def test_serve_with_an_address_nobody_answers_fails_at_once_naming_it(fault_plugins: Path, tmp_path: Path) -> None:
+    process = await launch(fault_plugins, tmp_path, "--ray", "127.0.0.1:1")
+    async with asyncio.timeout(30):
+        code = await process.wait()
+    assert code == 2
+    message = text_of(tmp_path / "serve.stderr")
+    assert "--ray 127.0.0.1:1" in message and "nothing answers there" in message, message

@@ -277,9 +277,17 @@ def test_unknown_launcher_is_named(tmp_path: Path) -> None:
     assert "'local', 'ray'" in str(error) and "kubernetes" in str(error)
 
 
-def test_a_node_label_that_is_not_a_string_is_named(tmp_path: Path) -> None:
-    path, error = load_error(tmp_path, runtime("node_labels = { zone = 3 }"))
-    assert_names(error, path, "plugin_runtime.node_labels.zone")
+@pytest.mark.parametrize("labels", ["{ zone = 3 }", '{ zone = "eu 1" }', '{ zone = "-eu" }', '{ "bad key" = "a" }', f'{{ zone = "{"a" * 64}" }}'])
+def test_a_node_label_ray_would_refuse_is_named(tmp_path: Path, labels: str) -> None:
+    path, error = load_error(tmp_path, runtime(f"node_labels = {labels}"))
+    assert error.key is not None and error.key.startswith("plugin_runtime.node_labels.")
+    assert_names(error, path, error.key)
+
+
+def test_node_labels_in_ray_syntax_are_accepted(tmp_path: Path) -> None:
+    text = runtime('node_labels = { "ray.io/accelerator-type" = "A100", zone = "eu-1", tier = "" }')
+    labels = dict(parse_manifest(tmp_path / "p" / "plugin.toml", text).runtime.node_labels)
+    assert labels == {"ray.io/accelerator-type": "A100", "zone": "eu-1", "tier": ""}
 
 
 def test_unknown_restart_value_is_named(tmp_path: Path) -> None:
