@@ -3,6 +3,7 @@ plugin that asks for one this supervisor lacks is told. (Ray itself: tests/ray.)
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -47,3 +48,20 @@ async def test_launcher_local_in_plugin_toml_is_the_default_launcher(tmp_path: P
 def test_a_launcher_that_is_not_one_is_named(tmp_path: Path, launcher: object) -> None:
     with pytest.raises(ValueError, match="launcher must be a launcher such as RayLauncher"):
         Supervisor(tmp_path, launcher=launcher)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("turns", [0, 1, 2, 3, 5, 8])
+async def test_a_stop_at_any_moment_of_a_launch_leaves_no_worker(tmp_path: Path, turns: int) -> None:
+    """The launch is a task of its own: a stop that lands before it ran, while it runs, or just after
+    it spawned (before the start resumed) must end with no process and a stopped plugin."""
+    plugins = copy_plugins(FAULT_PLUGINS, tmp_path / "plugins", ["echo"])
+    set_runtime(plugins / "echo", auto_start=False)
+    async with Supervisor(plugins, log_dir=tmp_path / "logs") as sup:
+        starting = asyncio.ensure_future(sup.start_plugin("echo"))
+        for _ in range(turns):
+            await asyncio.sleep(0)  # let the start run this many loop turns: the moment under test
+        await sup.stop_plugin("echo")
+        await starting
+        assert sup.status("echo").state == "stopped" and sup.status("echo").pid is None
+        await sup.start_plugin("echo")  # and the plugin still starts afterwards
+        assert await sup.call("echo", "ping") == "pong"
