@@ -128,6 +128,7 @@ class RayLauncher:
         self._connected_here = False
         self._relay: Any = None  # WorkerRelay as a Ray actor class
         self._actors: dict[str, _PluginActor] = {}  # plugin id -> its relay actor
+        self._parked = threading.Event()  # set: the thread that joined may end (see _join)
 
     async def connect(self, plugins_dir: Path) -> None:
         """Join the cluster (once), shipping `plugins_dir` as the job's working dir;
@@ -162,11 +163,16 @@ class RayLauncher:
                 self._init(plugins_dir)
             except BaseException as exc:
                 loop.call_soon_threadsafe(_settle, joined, exc)
-            else:
-                loop.call_soon_threadsafe(_settle, joined, None)
+                return
+            loop.call_soon_threadsafe(_settle, joined, None)
+            # Stay: a local cluster that ray.init started (address None) was spawned from
+            # this thread, and Ray ties its processes' lives to their parent thread's
+            # (PR_SET_PDEATHSIG): they must not die when a join thread ends.
+            self._parked.wait()
 
         # A daemon thread, not the loop's executor: a join that hangs must never keep
         # the host from exiting (asyncio.run waits for its executor's threads).
+        self._parked.clear()
         threading.Thread(target=join, name="ray-join", daemon=True).start()
         try:
             async with asyncio.timeout(JOIN_TIMEOUT):
@@ -289,6 +295,7 @@ class RayLauncher:
         if self._connected_here:
             self._connected_here = False
             await asyncio.to_thread(ray.shutdown)
+        self._parked.set()
         self._connecting = None
         self._root = None
 
@@ -469,7 +476,8 @@ class RayWorker:
 
         try:
             while True:
-                for event in await self._actor.read.remote(self._tag):
+                events = await self._actor.read.remote(self._tag)
+                for event in events:
                     kind = event[0]
                     if kind in streams:
                         streams[kind].data_received(event[1])
@@ -483,6 +491,9 @@ class RayWorker:
                     elif kind == "gone":  # the relay no longer knows it (it cannot be reached twice)
                         exited(None, "the Ray relay lost track of it")
                         return
+                # The callers these answers woke run first: their next frames go out before
+                # the next read is submitted (a submission costs the loop ~0.1 ms of CPU).
+                await asyncio.sleep(0)
         except ray.exceptions.RayError as exc:
             # The actor died (its process was killed, or its node was lost): the worker
             # died with it (PR_SET_PDEATHSIG), or will as soon as its node notices.

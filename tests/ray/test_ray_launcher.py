@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import ray
 
 from supervisor import CallTimeout, PluginUnavailable, Supervisor, WorkerCrashed
 from supervisor.launchers.ray import RayLauncher
@@ -343,3 +344,19 @@ async def test_serve_with_an_address_nobody_answers_fails_at_once_naming_it(faul
     assert code == 2
     message = text_of(tmp_path / "serve.stderr")
     assert "--ray 127.0.0.1:1" in message and "nothing answers there" in message, message
+
+
+async def test_a_launcher_without_an_address_starts_a_local_cluster_that_lives(fault_plugins: Path, tmp_path: Path) -> None:
+    """RayLauncher(None): ray.init starts a one-node cluster from the joining thread, whose end
+    must not take the cluster's processes with it (they die with their parent thread)."""
+    launcher = RayLauncher(None)
+    async with Supervisor(fault_plugins, launcher=launcher, log_dir=tmp_path / "logs") as sup:
+        assert await sup.call("echo", "echo", {"value": 1}) == 1
+        own_cluster = ray.get_runtime_context().gcs_address
+        # Long after the join: the cluster still answers, a restart still finds a node.
+        pid = sup.status("echo").pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await running_worker(sup, "echo", pid, timeout=30)
+        assert await sup.call("echo", "echo", {"value": 2}, timeout=20) == 2
+    assert own_cluster and not ray.is_initialized()  # closed with the supervisor
