@@ -37,7 +37,7 @@ import logging
 import re
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -392,12 +392,14 @@ async def _reachable(address: str) -> None:
 
 
 class _RelayedStdin:
-    """The worker's stdin, through the actor: writes of one loop turn go in one call, numbered."""
+    """The worker's stdin, through the actor: writes of one loop turn go in one task, numbered.
+    A write's reply may carry the worker's answer: it goes to `on_reply`."""
 
-    def __init__(self, actor: Any, tag: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, actor: Any, tag: str, loop: asyncio.AbstractEventLoop, on_reply: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
         self._actor = actor
         self._tag = tag
         self._loop = loop
+        self._on_reply = on_reply
         self._pending: list[bytes] = []
         self._seq = 0
         self._closing = False
@@ -418,7 +420,7 @@ class _RelayedStdin:
 
     def _send(self, data: bytes | None) -> None:
         seq, self._seq = self._seq, self._seq + 1
-        self._actor.write.remote(self._tag, seq, data)
+        self._loop.create_task(self._on_reply(self._actor.write.remote(self._tag, seq, data)))
 
     def is_closing(self) -> bool:
         return self._closing
@@ -431,7 +433,10 @@ class _RelayedStdin:
 
 
 class RayWorker:
-    """One worker on a Ray node, as the handle drives it."""
+    """One worker on a Ray node, as the handle drives it.
+
+    What the worker writes comes back in numbered batches, on the standing read's reply or
+    on a write's (see relay.py): they are handed on in their order, whichever came first."""
 
     watch_target = None  # on another node: its relay measures the tree (see connect's on_usage)
 
@@ -449,65 +454,93 @@ class RayWorker:
         self._exited = False
         self._actor_lost = False
         self._released = False
+        self._streams: dict[str, asyncio.Protocol] = {}
+        self._open: set[str] = set()
+        self._on_exit: ExitCallback | None = None
+        self._on_usage: UsageCallback | None = None
+        self._next_batch = 0
+        self._held: dict[int, list[Any]] = {}  # batches that came back ahead of their turn
 
     async def connect(
         self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
     ) -> Pipe:
-        self._reader = self._loop.create_task(self._relay_output(stdout, stderr, on_exit, on_usage), name=f"relay-{self.pid}")
-        return _RelayedStdin(self._actor, self._tag, self._loop)
+        self._streams = {"out": stdout, "err": stderr}
+        self._open = set(self._streams)
+        self._on_exit, self._on_usage = on_exit, on_usage
+        self._reader = self._loop.create_task(self._read(), name=f"relay-{self.pid}")
+        return _RelayedStdin(self._actor, self._tag, self._loop, self._write_replied)
 
-    async def _relay_output(
-        self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
-    ) -> None:
-        streams = {"out": stdout, "err": stderr}
-        open_streams = set(streams)
-
-        def end(kind: str) -> None:
-            if kind in open_streams:
-                open_streams.discard(kind)
-                streams[kind].eof_received()
-                streams[kind].connection_lost(None)
-
-        def exited(returncode: int | None, reason: str | None) -> None:
-            for name in list(open_streams):
-                end(name)
-            self._exited = True
-            on_exit(returncode, reason)
-
+    async def _read(self) -> None:
         try:
-            while True:
-                events = await self._actor.read.remote(self._tag)
-                for event in events:
-                    kind = event[0]
-                    if kind in streams:
-                        streams[kind].data_received(event[1])
-                    elif kind.endswith("_eof"):
-                        end(kind[:-4])
-                    elif kind == "usage":
-                        on_usage(TreeUsage(rss=event[1], cpu_time=event[2], count=event[3]))
-                    elif kind == "exit":
-                        exited(event[1], None)
-                        return
-                    elif kind == "gone":  # the relay no longer knows it (it cannot be reached twice)
-                        exited(None, "the Ray relay lost track of it")
-                        return
+            while not self._exited:
+                self._deliver(await self._actor.read.remote(self._tag))
                 # The callers these answers woke run first: their next frames go out before
                 # the next read is submitted (a submission costs the loop ~0.1 ms of CPU).
                 await asyncio.sleep(0)
         except ray.exceptions.RayError as exc:
             # The actor died (its process was killed, or its node was lost): the worker
             # died with it (PR_SET_PDEATHSIG), or will as soon as its node notices.
-            self._actor_lost = True
-            self._launcher.actor_died(self._relay)
-            exited(None, f"the Ray actor relaying it died: {_first_line(exc)}")
+            self._lost(f"the Ray actor relaying it died: {_first_line(exc)}")
         except Exception as exc:
             # A bug on this side: the worker's exit would never be seen (stop() would wait
             # for ever). The actor goes, and the worker with it.
             logger.exception("relay of worker %s failed", self.pid)
-            self._actor_lost = True
-            self._launcher.actor_died(self._relay)
-            if not self._exited:
-                exited(None, f"the relay failed: {type(exc).__name__}: {exc}")
+            self._lost(f"the relay failed: {type(exc).__name__}: {exc}")
+
+    async def _write_replied(self, reply: Any) -> None:
+        try:
+            batch = await reply
+        except ray.exceptions.RayError:
+            return  # the actor is gone: the standing read says so
+        if not self._exited:
+            self._deliver(batch)
+
+    def _deliver(self, batch: tuple[int | None, list[Any]]) -> None:
+        number, events = batch
+        if number is None:
+            if events:  # ("gone",): the relay no longer knows this worker
+                self._end(None, "the Ray relay lost track of it")
+            return
+        self._held[number] = events
+        while not self._exited and self._next_batch in self._held:
+            for event in self._held.pop(self._next_batch):
+                self._handle(event)
+                if self._exited:
+                    break
+            self._next_batch += 1
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind in self._streams:
+            self._streams[kind].data_received(event[1])
+        elif kind.endswith("_eof"):
+            self._close_stream(kind[:-4])
+        elif kind == "usage":
+            assert self._on_usage is not None
+            self._on_usage(TreeUsage(rss=event[1], cpu_time=event[2], count=event[3]))
+        elif kind == "exit":
+            self._end(event[1], None)
+
+    def _close_stream(self, kind: str) -> None:
+        if kind in self._open:
+            self._open.discard(kind)
+            self._streams[kind].eof_received()
+            self._streams[kind].connection_lost(None)
+
+    def _end(self, returncode: int | None, reason: str | None) -> None:
+        if self._exited:
+            return
+        for kind in self._streams:  # stdout first: its last frames before stderr's end
+            self._close_stream(kind)
+        self._exited = True
+        self._held.clear()
+        assert self._on_exit is not None
+        self._on_exit(returncode, reason)
+
+    def _lost(self, reason: str) -> None:
+        self._actor_lost = True
+        self._launcher.actor_died(self._relay)
+        self._end(None, reason)
 
     def send_signal(self, sig: int) -> None:
         if not self._exited:

@@ -10,7 +10,10 @@ runs beside the current one. Each worker is named by its tag.
 
 Bytes go both ways untouched: `write(tag, seq, data)` calls reach the worker's
 stdin in `seq` order, and `read(tag)`, long-polled, returns everything the
-worker wrote since the last read, as events:
+worker wrote since the last batch; a write waits a few milliseconds for the
+worker's answer and brings it back itself when it comes (so a quick call costs
+one actor task, not two). Batches are numbered: the supervisor puts them back
+in order, whichever call brought each. A batch holds events:
 
     ("out", bytes)  ("err", bytes)     stdout (frames) and stderr, as read
     ("out_eof",)    ("err_eof",)       a stream ended
@@ -46,6 +49,8 @@ STRAY_KILL_TIMEOUT = 1.0
 READ_CHUNK = 1 << 16
 
 Event = tuple[Any, ...]
+Batch = tuple[int | None, list[Event]]  # (its number, or None when empty; the events)
+ANSWER_WAIT = 0.005  # a write waits this long for the worker's answer, to carry it back
 # What Ray sets in an actor's environment for the accelerators it reserved for it.
 ACCELERATOR_VARIABLES = (
     "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ONEAPI_DEVICE_SELECTOR",
@@ -78,6 +83,8 @@ class _RelayedWorker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.exited = threading.Event()
         self.gone = False  # cleaned up: a read still waiting returns
+        self._batches = 0    # the number of the next batch of events
+        self._answering = 0  # writes waiting for their answer: the standing read holds back
 
     # -- the process's own thread ------------------------------------------------------
     def run(self, command: list[str], folder: Path, env: dict[str, str], started: threading.Event, failed: list[BaseException]) -> None:
@@ -154,12 +161,36 @@ class _RelayedWorker:
             self._events.append(event)
             self._changed.notify_all()
 
-    def take(self) -> list[Event]:
+    def take(self) -> Batch:
+        """For the standing read: what the worker wrote since the last batch; waits until there is
+        something, and lets a write that waits for its answer have it first."""
         with self._changed:
-            while not self._events and not self.gone:
+            while (not self._events or self._answering) and not self.gone:
                 self._changed.wait()
-            events, self._events = self._events, []
-            return events
+            return self._batch()
+
+    def take_answer(self, wait: float) -> Batch:
+        """For a write: the worker's answer if it comes within `wait` seconds (a quick call's
+        result then rides back on the write's own reply: one actor task per call, not two)."""
+        deadline = time.monotonic() + wait
+        with self._changed:
+            self._answering += 1
+            try:
+                while not self._events and not self.gone and (left := deadline - time.monotonic()) > 0:
+                    self._changed.wait(left)
+                return self._batch()
+            finally:
+                self._answering -= 1
+                self._changed.notify_all()  # the standing read may take what comes next
+
+    def _batch(self) -> Batch:
+        """The events so far, numbered: the supervisor orders batches by number, whichever call
+        (the read, or a write) brought each back."""
+        if not self._events:
+            return (None, [])
+        events, self._events = self._events, []
+        number, self._batches = self._batches, self._batches + 1
+        return (number, events)
 
     def write(self, seq: int, data: bytes | None) -> None:
         """In `seq` order, whatever order Ray runs the calls in; None closes stdin."""
@@ -239,15 +270,18 @@ class WorkerRelay:
         with self._lock:
             return self._workers.get(tag)
 
-    def read(self, tag: str) -> list[Event]:
-        """Everything the worker wrote since the last read; waits until there is something."""
+    def read(self, tag: str) -> Batch:
+        """Everything the worker wrote since the last batch; waits until there is something."""
         worker = self._worker(tag)
-        return worker.take() if worker is not None else [("gone",)]
+        return worker.take() if worker is not None else (None, [("gone",)])
 
-    def write(self, tag: str, seq: int, data: bytes | None) -> None:
+    def write(self, tag: str, seq: int, data: bytes | None) -> Batch:
+        """Bytes for the worker's stdin (None: close it); returns the answer if it comes quickly."""
         worker = self._worker(tag)
-        if worker is not None:
-            worker.write(seq, data)
+        if worker is None:
+            return (None, [])
+        worker.write(seq, data)
+        return worker.take_answer(ANSWER_WAIT) if data else (None, [])
 
     def send_signal(self, tag: str, sig: int) -> None:
         worker = self._worker(tag)
