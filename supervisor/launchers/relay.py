@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
+import select
 import signal
 import subprocess
 import threading
@@ -79,6 +80,8 @@ class _RelayedWorker:
         self._write_lock = threading.Lock()
         self._next_seq = 0
         self._early: dict[int, bytes | None] = {}  # writes that arrived ahead of their turn
+        self._queued = 0  # chunks handed to the writer thread and not yet written
+        self._stdin_fd: int | None = None  # non-blocking: a write never blocks an actor call
         self._known: dict[int, psutil.Process] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.exited = threading.Event()
@@ -99,6 +102,8 @@ class _RelayedWorker:
         proc = self.proc
         assert proc.stdin and proc.stdout and proc.stderr
         pumps = [_thread(self._pump, proc.stdout, "out"), _thread(self._pump, proc.stderr, "err")]
+        os.set_blocking(proc.stdin.fileno(), False)
+        self._stdin_fd = proc.stdin.fileno()
         _thread(self._write_stdin, proc.stdin)
         if self._watch_interval > 0:
             _thread(self._watch)
@@ -109,6 +114,8 @@ class _RelayedWorker:
         process.signal_group(proc.pid, None, signal.SIGKILL)  # what is left in its group
         returncode = proc.wait()
         self.exited.set()
+        with self._write_lock:
+            self._stdin_fd = None
         self._stdin.put(None)
         deadline = time.monotonic() + PIPE_DRAIN_TIMEOUT
         for pump in pumps:
@@ -127,15 +134,23 @@ class _RelayedWorker:
             self.push((f"{kind}_eof",))
 
     def _write_stdin(self, stdin: IO[bytes]) -> None:
-        # Its own thread: a worker that stops reading (frozen, hung) blocks this
-        # thread only, never the actor's calls.
+        # What a write could not put in the pipe at once, in order, on a thread of its
+        # own: a worker that stops reading (frozen, hung) blocks this thread only.
+        fd = stdin.fileno()
         try:
             while (data := self._stdin.get()) is not None:
-                stdin.write(data)
-                stdin.flush()
+                view = memoryview(data)
+                while view:
+                    select.select([], [fd], [])
+                    with contextlib.suppress(BlockingIOError):
+                        view = view[os.write(fd, view):]
+                with self._write_lock:
+                    self._queued -= 1
         except (OSError, ValueError):
             pass  # the worker is gone: its exit is reported by run()
         finally:
+            with self._write_lock:
+                self._stdin_fd = None
             with contextlib.suppress(OSError):
                 stdin.close()
 
@@ -193,12 +208,29 @@ class _RelayedWorker:
         return (number, events)
 
     def write(self, seq: int, data: bytes | None) -> None:
-        """In `seq` order, whatever order Ray runs the calls in; None closes stdin."""
+        """In `seq` order, whatever order Ray runs the calls in; None closes stdin. Written
+        at once when the pipe takes it and nothing is queued before it (no thread hand-off
+        for a call's frame); the rest queues for the writer thread."""
         with self._write_lock:
             self._early[seq] = data
             while self._next_seq in self._early:
-                self._stdin.put(self._early.pop(self._next_seq))
+                chunk = self._early.pop(self._next_seq)
                 self._next_seq += 1
+                if chunk is not None and not self._queued and self._stdin_fd is not None:
+                    try:
+                        written = os.write(self._stdin_fd, chunk)
+                    except BlockingIOError:
+                        written = 0
+                    except OSError:
+                        continue  # the worker is gone: its exit is reported by run()
+                    if written == len(chunk):
+                        continue
+                    chunk = chunk[written:]
+                if chunk is None:
+                    self._stdin_fd = None  # closing: never write to the fd (its number may be reused)
+                else:
+                    self._queued += 1
+                self._stdin.put(chunk)
 
     def signal(self, sig: int) -> None:
         if self.proc is not None and not self.exited.is_set():

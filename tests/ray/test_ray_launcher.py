@@ -360,3 +360,11 @@ async def test_a_launcher_without_an_address_starts_a_local_cluster_that_lives(f
         await running_worker(sup, "echo", pid, timeout=30)
         assert await sup.call("echo", "echo", {"value": 2}, timeout=20) == 2
     assert own_cluster and not ray.is_initialized()  # closed with the supervisor
+
+
+async def test_large_values_cross_the_relay_whole_and_in_order(sup: Supervisor) -> None:
+    """Frames larger than a pipe's buffer go partly at once and partly through the writer thread."""
+    big = bytes(range(256)) * (5 * 4096)  # 5 MiB
+    assert await sup.call("echo", "echo", {"value": big}, timeout=60) == big
+    values = [bytes([i]) * (1 << 20) + str(i).encode() for i in range(16)]
+    assert await asyncio.gather(*(sup.call("echo", "aecho", {"value": v}, timeout=60) for v in values)) == values
