@@ -59,11 +59,11 @@ from supervisor.errors import (
     stderr_excerpt,
 )
 from supervisor.launchers import (
+    LOCAL,
     LaunchedWorker,
     Launcher,
     LaunchError,
     LaunchSpec,
-    LocalLauncher,
     Pipe,
 )
 from supervisor.lifecycle import WORKER_MOVES, WorkerState, check_move
@@ -80,9 +80,6 @@ IN_CALL_KILLS = {
 PIPE_DRAIN_TIMEOUT = 0.1  # after exit, how long to wait for the last frames and stderr
 STDOUT_EOF_GRACE = 0.5    # after the protocol output closes, how long the exit may take to be seen
 STRAY_KILL_TIMEOUT = 1.0  # how long to wait for killed descendants to disappear
-
-
-LOCAL = LocalLauncher()
 
 
 class StartFailed(Exception):
@@ -253,8 +250,7 @@ class WorkerHandle:
             raise StartFailed(f"the worker's launch was stopped: {self._death_reason}", exit=self.exit)
         # plugin_runtime.timeout for the handshake; a launcher bounds its own launch (a Ray
         # node to find) by the same timeout, and joining a cluster by its own.
-        deadline = self._loop.time() + self.manifest.runtime.timeout
-        await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake), deadline)
+        await self._until(self._connect_and_wait(self._hello_seen if self.standby else self._handshake))
         if not self.standby:
             self._ready()
 
@@ -285,7 +281,7 @@ class WorkerHandle:
         if chaos is not None:
             self._chaos = chaos
             self._tap = FrameTap(chaos, self._loop, self._write, self._deliver, self._violation)
-        await self._until(asyncio.shield(self._handshake), self._loop.time() + self.manifest.runtime.timeout)
+        await self._until(asyncio.shield(self._handshake))
         self._ready()
 
     async def dismiss(self) -> None:
@@ -314,12 +310,11 @@ class WorkerHandle:
         await self._connect()
         await asyncio.shield(step)
 
-    async def _until(self, step: Awaitable[None], deadline: float) -> None:
-        """Wait for one step of the start until `deadline` (the manifest's `timeout` from
-        the launch); on any failure (cancellation included) kill and reap the process
-        before raising."""
+    async def _until(self, step: Awaitable[None]) -> None:
+        """Wait for one step of the start within the manifest's `timeout`; on any failure
+        (cancellation included) kill and reap the process before raising."""
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout(self.manifest.runtime.timeout):
                 await step
         except TimeoutError:
             await self._abort(f"no handshake within {self.manifest.runtime.timeout:g} s")

@@ -34,8 +34,8 @@ from supervisor.errors import (
     PluginOverloaded,
     PluginUnavailable,
 )
-from supervisor.handle import LOCAL, StartFailed, WorkerHandle
-from supervisor.launchers import LaunchedWorker, Launcher, LaunchError, LaunchSpec
+from supervisor.handle import StartFailed, WorkerHandle
+from supervisor.launchers import LOCAL, LaunchedWorker, Launcher, LaunchError, LaunchSpec
 from supervisor.lifecycle import PLUGIN_MOVES, PluginState, check_move
 from supervisor.logs import PluginLog
 from supervisor.manifest import Manifest, load_manifest

@@ -21,8 +21,7 @@ import protocol
 from supervisor import process
 from supervisor.chaos import PluginChaos
 from supervisor.errors import InvalidArguments, PluginNotFound
-from supervisor.handle import LOCAL
-from supervisor.launchers import Launcher
+from supervisor.launchers import LOCAL, Launcher
 from supervisor.lifecycle import PluginState
 from supervisor.manifest import discover
 from supervisor.policy import Clock

@@ -18,6 +18,6 @@ somewhere and carries its bytes, signals and exit.
 """
 
 from supervisor.launchers.base import LaunchedWorker, Launcher, LaunchError, LaunchSpec, Pipe
-from supervisor.launchers.local import LocalLauncher
+from supervisor.launchers.local import LOCAL, LocalLauncher
 
-__all__ = ["LaunchError", "LaunchSpec", "LaunchedWorker", "Launcher", "LocalLauncher", "Pipe"]
+__all__ = ["LOCAL", "LaunchError", "LaunchSpec", "LaunchedWorker", "Launcher", "LocalLauncher", "Pipe"]

@@ -35,6 +35,9 @@ class LocalLauncher:
         pass
 
 
+LOCAL = LocalLauncher()  # stateless: one serves every handle
+
+
 class LocalWorker:
     where = "local"
 

@@ -1,4 +1,4 @@
-"""The Ray launcher: each worker runs on a Ray cluster node, spawned there by its own actor.
+"""The Ray launcher: each worker runs on a Ray cluster node, spawned there by its plugin's actor.
 
     supervisor (here)                         node chosen by Ray
     WorkerHandle --RayWorker-- actor calls --> WorkerRelay actor --pipes--> python -m worker PLUGIN_DIR

@@ -329,7 +329,3 @@ class WorkerRelay:
         with self._lock:
             worker = self._workers.pop(tag, None)
         return worker.cleanup() if worker is not None else 0
-
-    def workers(self) -> int:
-        with self._lock:
-            return len(self._workers)
