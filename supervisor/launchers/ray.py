@@ -35,9 +35,10 @@ import contextlib
 import functools
 import logging
 import re
+import secrets
 import signal
 import threading
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ except ModuleNotFoundError as exc:  # pragma: no cover - depends on the install
     ) from exc
 
 from supervisor.containment import TreeUsage
+from supervisor.launchers import channel
 from supervisor.launchers.base import ExitCallback, LaunchError, LaunchSpec, Pipe, UsageCallback
 from supervisor.launchers.relay import WorkerRelay, kill_tagged_on_this_node
 from supervisor.manifest import RuntimeOptions
@@ -216,9 +218,10 @@ class RayLauncher:
             except Exception as exc:  # Ray refused the options (a label it cannot parse, a fractional GPU over 1...)
                 raise LaunchError(f"Ray refused the placement {describe_needs(runtime)}: {_first_line(exc)}", permanent=True) from exc
             relay.users += 1
+            token = secrets.token_bytes(channel.TOKEN_SIZE)  # through Ray's authenticated call; it opens the worker's channel
             try:
                 async with asyncio.timeout_at(deadline):
-                    info = await relay.actor.spawn.remote(list(spec.worker_args), sorted(spec.env_allow), spec.tag)
+                    info = await relay.actor.spawn.remote(list(spec.worker_args), sorted(spec.env_allow), spec.tag, token)
             except TimeoutError:
                 self._drop(relay)
                 raise LaunchError(
@@ -241,7 +244,20 @@ class RayLauncher:
                 self._drop(relay)
                 raise
             relay.spawned = True
-            return RayWorker(self, relay, spec.tag, info)
+            worker = RayWorker(self, relay, spec.tag, info)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await worker.open_channel(token)
+            except (OSError, TimeoutError) as exc:
+                self._drop(relay)  # the worker dies with its actor
+                raise LaunchError(
+                    f"cannot reach the worker's relay at {worker.node_ip}:{worker.port} ({exc or 'no answer'}): "
+                    "the supervisor's host must be able to connect to the Ray nodes' ports"
+                ) from None
+            except BaseException:
+                self._drop(relay)
+                raise
+            return worker
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _relay_for(self, spec: LaunchSpec) -> _PluginActor:
@@ -391,52 +407,30 @@ async def _reachable(address: str) -> None:
     writer.close()
 
 
-class _RelayedStdin:
-    """The worker's stdin, through the actor: writes of one loop turn go in one task, numbered.
-    A write's reply may carry the worker's answer: it goes to `on_reply`."""
+class _ChannelStdin:
+    """The worker's stdin: IN messages on its channel; closing it sends IN_EOF (the worker
+    sees EOF, and its last frames still come back)."""
 
-    def __init__(self, actor: Any, tag: str, loop: asyncio.AbstractEventLoop, on_reply: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
-        self._actor = actor
-        self._tag = tag
-        self._loop = loop
-        self._on_reply = on_reply
-        self._pending: list[bytes] = []
-        self._seq = 0
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
         self._closing = False
 
     def write(self, data: bytes) -> None:
-        if self._closing:
-            return
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
-        self._pending.clear()
-        self._send(data)
-
-    def _send(self, data: bytes | None) -> None:
-        seq, self._seq = self._seq, self._seq + 1
-        self._loop.create_task(self._on_reply(self._actor.write.remote(self._tag, seq, data)))
+        if not self.is_closing():
+            self._transport.writelines((channel.stream_header(channel.IN, len(data)), data))
 
     def is_closing(self) -> bool:
-        return self._closing
+        return self._closing or self._transport.is_closing()
 
     def close(self) -> None:
-        if not self._closing:
-            self._flush()
+        if not self.is_closing():
             self._closing = True
-            self._send(None)  # after the writes before it: the worker sees EOF
+            self._transport.write(channel.message(channel.IN_EOF))
 
 
-class RayWorker:
-    """One worker on a Ray node, as the handle drives it.
-
-    What the worker writes comes back in numbered batches, on the standing read's reply or
-    on a write's (see relay.py): they are handed on in their order, whichever came first."""
+class RayWorker(asyncio.Protocol):
+    """One worker on a Ray node, as the handle drives it; also the protocol of its channel
+    (channel.py), which stays paused until the handle connects."""
 
     watch_target = None  # on another node: its relay measures the tree (see connect's on_usage)
 
@@ -449,77 +443,86 @@ class RayWorker:
         self.pid: int = info["pid"]
         self.node_id: str = info["node_id"]
         self.node_ip: str = info["node_ip"]
+        self.port: int = info["port"]
         self.where = f"ray node {self.node_ip} ({self.node_id[:12]})"
-        self._reader: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._decoder = channel.Decoder(
+            {channel.OUT: self._stream_data("out"), channel.ERR: self._stream_data("err")},
+            {channel.OUT_EOF: lambda: self._close_stream("out"), channel.ERR_EOF: lambda: self._close_stream("err"),
+             channel.USAGE: self._on_tree_usage, channel.EXIT: self._on_worker_exit},
+        )
         self._exited = False
+        self._ended_early: tuple[int | None, str | None] | None = None  # before the handle connected
         self._actor_lost = False
         self._released = False
         self._streams: dict[str, asyncio.Protocol] = {}
         self._open: set[str] = set()
         self._on_exit: ExitCallback | None = None
         self._on_usage: UsageCallback | None = None
-        self._next_batch = 0
-        self._held: dict[int, list[Any]] = {}  # batches that came back ahead of their turn
 
+    async def open_channel(self, token: bytes) -> None:
+        """Connect to the relay's port for this worker and present the token."""
+        await self._loop.create_connection(lambda: self, self.node_ip, self.port)
+        assert self._transport is not None
+        self._transport.write(token)
+
+    # -- asyncio.Protocol: the channel ------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.pause_reading()  # until the handle connects its streams
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._decoder.feed(data)
+        except channel.ChannelError as exc:
+            self._lost(f"its relay's channel broke: {exc}")
+
+    def eof_received(self) -> bool:
+        return False  # the relay closes its side after the exit event; nothing is sent back
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._exited and not self._released:
+            # The relay's process is gone (the actor was killed, its node lost) before it
+            # told the exit: the worker died with it (PR_SET_PDEATHSIG), or will.
+            detail = f": {exc}" if exc else ""
+            self._lost(f"the Ray actor relaying it died: its channel closed{detail}")
+
+    # -- the handle's side -----------------------------------------------------------------
     async def connect(
         self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
     ) -> Pipe:
+        assert self._transport is not None, "open_channel() comes first (in launch)"
         self._streams = {"out": stdout, "err": stderr}
         self._open = set(self._streams)
         self._on_exit, self._on_usage = on_exit, on_usage
-        self._reader = self._loop.create_task(self._read(), name=f"relay-{self.pid}")
-        return _RelayedStdin(self._actor, self._tag, self._loop, self._write_replied)
+        if self._ended_early is not None:
+            self._end(*self._ended_early)
+        else:
+            self._watcher = self._loop.create_task(self._watch_actor(), name=f"relay-{self.pid}")
+            self._transport.resume_reading()
+        return _ChannelStdin(self._transport)
 
-    async def _read(self) -> None:
+    async def _watch_actor(self) -> None:
+        """Ray's word on the actor: a node lost to a partition closes no TCP connection."""
         try:
-            while not self._exited:
-                self._deliver(await self._actor.read.remote(self._tag))
-                # The callers these answers woke run first: their next frames go out before
-                # the next read is submitted (a submission costs the loop ~0.1 ms of CPU).
-                await asyncio.sleep(0)
+            await self._actor.wait_exit.remote(self._tag)
         except ray.exceptions.RayError as exc:
-            # The actor died (its process was killed, or its node was lost): the worker
-            # died with it (PR_SET_PDEATHSIG), or will as soon as its node notices.
             self._lost(f"the Ray actor relaying it died: {_first_line(exc)}")
-        except Exception as exc:
-            # A bug on this side: the worker's exit would never be seen (stop() would wait
-            # for ever). The actor goes, and the worker with it.
-            logger.exception("relay of worker %s failed", self.pid)
-            self._lost(f"the relay failed: {type(exc).__name__}: {exc}")
 
-    async def _write_replied(self, reply: Any) -> None:
-        try:
-            batch = await reply
-        except ray.exceptions.RayError:
-            return  # the actor is gone: the standing read says so
-        if not self._exited:
-            self._deliver(batch)
+    def _stream_data(self, stream: str) -> Callable[[bytes], None]:
+        def received(data: bytes) -> None:
+            if stream in self._open:
+                self._streams[stream].data_received(data)
+        return received
 
-    def _deliver(self, batch: tuple[int | None, list[Any]]) -> None:
-        number, events = batch
-        if number is None:
-            if events:  # ("gone",): the relay no longer knows this worker
-                self._end(None, "the Ray relay lost track of it")
-            return
-        self._held[number] = events
-        while not self._exited and self._next_batch in self._held:
-            for event in self._held.pop(self._next_batch):
-                self._handle(event)
-                if self._exited:
-                    break
-            self._next_batch += 1
+    def _on_tree_usage(self, rss: int, cpu_time: float, count: int) -> None:
+        assert self._on_usage is not None
+        self._on_usage(TreeUsage(rss=rss, cpu_time=cpu_time, count=count))
 
-    def _handle(self, event: tuple[Any, ...]) -> None:
-        kind = event[0]
-        if kind in self._streams:
-            self._streams[kind].data_received(event[1])
-        elif kind.endswith("_eof"):
-            self._close_stream(kind[:-4])
-        elif kind == "usage":
-            assert self._on_usage is not None
-            self._on_usage(TreeUsage(rss=event[1], cpu_time=event[2], count=event[3]))
-        elif kind == "exit":
-            self._end(event[1], None)
+    def _on_worker_exit(self, returncode: int) -> None:
+        self._end(returncode, None)
 
     def _close_stream(self, kind: str) -> None:
         if kind in self._open:
@@ -530,21 +533,28 @@ class RayWorker:
     def _end(self, returncode: int | None, reason: str | None) -> None:
         if self._exited:
             return
+        if self._on_exit is None:
+            self._ended_early = self._ended_early or (returncode, reason)
+            return
         for kind in self._streams:  # stdout first: its last frames before stderr's end
             self._close_stream(kind)
         self._exited = True
-        self._held.clear()
-        assert self._on_exit is not None
         self._on_exit(returncode, reason)
 
     def _lost(self, reason: str) -> None:
+        if self._actor_lost:
+            return
         self._actor_lost = True
         self._launcher.actor_died(self._relay)
+        if self._transport is not None:
+            self._transport.abort()
         self._end(None, reason)
 
     def send_signal(self, sig: int) -> None:
-        if not self._exited:
-            self._actor.send_signal.remote(self._tag, sig)
+        # On the channel, in order with the frames (a freeze then a call: the call meets a
+        # stopped worker), and never behind them (the relay writes stdin on another thread).
+        if not self._exited and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(channel.message(channel.SIGNAL, sig))
 
     async def kill_tree(self, known: Iterable[psutil.Process]) -> None:
         del known  # the relay keeps its own look at the tree
@@ -571,8 +581,10 @@ class RayWorker:
         return []  # nothing local to wait for: the strays were waited for on their node
 
     def close(self, reusable: bool) -> None:
-        if self._reader is not None and not self._reader.done():
-            self._reader.cancel()
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        if self._transport is not None:
+            self._transport.abort()
         if not self._released:
             self._released = True
             if not reusable:

@@ -8,21 +8,18 @@ outlives its workers: a restart spawns the next worker from the same actor (on
 the same node, with no new Ray worker process to start), and a spare worker
 runs beside the current one. Each worker is named by its tag.
 
-Bytes go both ways untouched: `write(tag, seq, data)` calls reach the worker's
-stdin in `seq` order, and `read(tag)`, long-polled, returns everything the
-worker wrote since the last batch; a write waits a few milliseconds for the
-worker's answer and brings it back itself when it comes (so a quick call costs
-one actor task, not two). Batches are numbered: the supervisor puts them back
-in order, whichever call brought each. A batch holds events:
+Frames do not ride on Ray calls: each worker gets a channel of its own, a TCP
+connection from the supervisor to a port the relay opens for it on the node's
+address (see channel.py). `spawn()` is given a one-time token through Ray (an
+authenticated call) and returns the port; the first connection that presents
+the token is the worker's, and the relay stops listening. Then bytes go both
+ways untouched, each way on a thread of its own: the supervisor's into the
+worker's stdin; the worker's stdout and stderr, its tree's usage and its exit
+back as events. A call thus costs one TCP round trip plus the local pipe
+round trip, where an actor call would cost a Ray task each way.
 
-    ("out", bytes)  ("err", bytes)     stdout (frames) and stderr, as read
-    ("out_eof",)    ("err_eof",)       a stream ended
-    ("usage", rss, cpu_time, count)    one look at the worker's tree (for its limits)
-    ("exit", returncode)               the worker exited and is reaped; always last
-
-The actor is a threaded one (Ray runs its calls on a pool of threads): an
-actor call costs less than on an asyncio actor, and every blocking step (a
-pipe write, a wait for output) runs on a thread of its own. Node-local
+The actor is a threaded one (Ray runs its calls on a pool of threads): a call
+that waits (`wait_exit`) never holds up a signal or a kill. Node-local
 mechanics (process group, tagged strays, the tree's usage) reuse the local
 supervisor's code (`supervisor.process`, `supervisor.containment`), so a worker
 on Ray is contained the way a local one is.
@@ -31,10 +28,12 @@ on Ray is contained the way a local one is.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import queue
 import select
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -44,14 +43,13 @@ from typing import IO, Any
 import psutil
 
 from supervisor import containment, process
+from supervisor.launchers import channel
 
 PIPE_DRAIN_TIMEOUT = 0.1  # after the exit, how long the last bytes may take to arrive
 STRAY_KILL_TIMEOUT = 1.0
+TOKEN_TIMEOUT = 5.0       # a connection must present its token this fast, or it is dropped
 READ_CHUNK = 1 << 16
-
-Event = tuple[Any, ...]
-Batch = tuple[int | None, list[Event]]  # (its number, or None when empty; the events)
-ANSWER_WAIT = 0.005  # a write waits this long for the worker's answer, to carry it back
+STDIN_CHUNK = 1 << 18
 # What Ray sets in an actor's environment for the accelerators it reserved for it.
 ACCELERATOR_VARIABLES = (
     "CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES", "ONEAPI_DEVICE_SELECTOR",
@@ -67,27 +65,33 @@ def kill_tagged_on_this_node(tag: str) -> int:
     return len(found)
 
 
-class _RelayedWorker:
-    """One worker process and its threads: output pumps, a stdin writer, its exit, its usage."""
+def listen_on(host: str) -> socket.socket:
+    """A listening socket on this node's address (the one Ray knows it by), on a free port."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, 0), family=family, backlog=8)
 
-    def __init__(self, tag: str, watch_interval: float, memory_limit: int | None) -> None:
+
+class _RelayedWorker:
+    """One worker process and its threads: output pumps, its stdin feed, its exit, its usage."""
+
+    def __init__(self, tag: str, token: bytes, listener: socket.socket, watch_interval: float, memory_limit: int | None) -> None:
         self.tag = tag
+        self._token = token
+        self._listener: socket.socket | None = listener
         self._watch_interval = watch_interval
         self._memory_limit = memory_limit
-        self._events: list[Event] = []
-        self._changed = threading.Condition()
-        self._stdin: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()
+        self._conn: socket.socket | None = None
+        self._send_lock = threading.Lock()  # one event at a time on the channel
+        self._connected = threading.Event()  # the supervisor is here, or never will be (cleaned up)
+        self._cleaned = threading.Event()
+        self._stdin: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # for the writer thread
         self._write_lock = threading.Lock()
-        self._next_seq = 0
-        self._early: dict[int, bytes | None] = {}  # writes that arrived ahead of their turn
-        self._queued = 0  # chunks handed to the writer thread and not yet written
-        self._stdin_fd: int | None = None  # non-blocking: a write never blocks an actor call
+        self._queued = 0             # chunks handed to the writer thread and not yet written
+        self._stdin_fd: int | None = None  # non-blocking: the channel's reader never blocks on it
+        self._stdin_closing = False
         self._known: dict[int, psutil.Process] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.exited = threading.Event()
-        self.gone = False  # cleaned up: a read still waiting returns
-        self._batches = 0    # the number of the next batch of events
-        self._answering = 0  # writes waiting for their answer: the standing read holds back
 
     # -- the process's own thread ------------------------------------------------------
     def run(self, command: list[str], folder: Path, env: dict[str, str], started: threading.Event, failed: list[BaseException]) -> None:
@@ -101,10 +105,14 @@ class _RelayedWorker:
             return
         proc = self.proc
         assert proc.stdin and proc.stdout and proc.stderr
-        pumps = [_thread(self._pump, proc.stdout, "out"), _thread(self._pump, proc.stderr, "err")]
         os.set_blocking(proc.stdin.fileno(), False)
         self._stdin_fd = proc.stdin.fileno()
         _thread(self._write_stdin, proc.stdin)
+        _thread(self._accept)
+        pumps = [
+            _thread(self._pump, proc.stdout, channel.OUT, channel.OUT_EOF),
+            _thread(self._pump, proc.stderr, channel.ERR, channel.ERR_EOF),
+        ]
         if self._watch_interval > 0:
             _thread(self._watch)
         started.set()
@@ -116,26 +124,100 @@ class _RelayedWorker:
         self.exited.set()
         with self._write_lock:
             self._stdin_fd = None
-        self._stdin.put(None)
+        self._close_stdin()
+        self._connected.wait()  # the exit is told on the channel (or to nobody, once cleaned up)
         deadline = time.monotonic() + PIPE_DRAIN_TIMEOUT
         for pump in pumps:
             pump.join(max(0.0, deadline - time.monotonic()))
-        self.push(("exit", returncode))
+        self._send(channel.message(channel.EXIT, returncode))
+        with self._send_lock:
+            if self._conn is not None:
+                with contextlib.suppress(OSError):
+                    self._conn.shutdown(socket.SHUT_WR)
 
-    def _pump(self, stream: IO[bytes], kind: str) -> None:
-        fd = stream.fileno()
+    # -- the channel -----------------------------------------------------------------
+    def _accept(self) -> None:
+        """Take connections until one presents the token (each checked on a thread of its own,
+        so one that says nothing holds up no other)."""
+        listener = self._listener
+        assert listener is not None
+        while not self._connected.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return  # closed: the worker's channel is open, or it was cleaned up
+            _thread(self._admit, conn)
+
+    def _admit(self, conn: socket.socket) -> None:
         try:
-            while data := os.read(fd, READ_CHUNK):
-                self.push((kind, data))
+            conn.settimeout(TOKEN_TIMEOUT)
+            presented = b""
+            while len(presented) < channel.TOKEN_SIZE and (more := conn.recv(channel.TOKEN_SIZE - len(presented))):
+                presented += more
+            conn.settimeout(None)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except OSError:
-            pass
+            conn.close()
+            return
+        with self._send_lock:
+            if not hmac.compare_digest(presented, self._token) or self._connected.is_set():
+                conn.close()
+                return
+            self._conn = conn
+            self._connected.set()
+            self._close_listener()
+        self._read_channel(conn)
+
+    def _close_listener(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
+            self._listener.close()
+            self._listener = None
+
+    def _read_channel(self, conn: socket.socket) -> None:
+        """The supervisor's messages, in order: stdin bytes, its end, signals."""
+        decoder = channel.Decoder({channel.IN: self._to_stdin}, {channel.IN_EOF: self._close_stdin, channel.SIGNAL: self.signal})
+        try:
+            while data := conn.recv(STDIN_CHUNK):
+                decoder.feed(data)
+        except (OSError, channel.ChannelError):
+            pass  # the connection broke: the supervisor ends this worker
         finally:
-            stream.close()
-            self.push((f"{kind}_eof",))
+            self._close_stdin()
+        # The events may still flow the other way; the socket is closed here, by the thread
+        # that reads it, once cleaned up (a close under a blocked recv could reuse its fd).
+        self._cleaned.wait()
+        conn.close()
+
+    def _to_stdin(self, data: bytes) -> None:
+        """Written at once when the pipe takes it and nothing is queued before it (no thread
+        hand-off for a call's frame); the rest queues for the writer thread, in order."""
+        with self._write_lock:
+            if self._stdin_closing:
+                return
+            if not self._queued and self._stdin_fd is not None:
+                try:
+                    written = os.write(self._stdin_fd, data)
+                except BlockingIOError:
+                    written = 0
+                except OSError:
+                    return  # the worker is gone: its exit is told by run()
+                if written == len(data):
+                    return
+                data = data[written:]
+            self._queued += 1
+            self._stdin.put(data)
+
+    def _close_stdin(self) -> None:
+        with self._write_lock:
+            if not self._stdin_closing:
+                self._stdin_closing = True
+                self._stdin.put(None)  # after what is queued: then the worker sees EOF
 
     def _write_stdin(self, stdin: IO[bytes]) -> None:
-        # What a write could not put in the pipe at once, in order, on a thread of its
-        # own: a worker that stops reading (frozen, hung) blocks this thread only.
+        # What the pipe could not take at once, in order, on a thread of its own: a worker
+        # that stops reading (frozen, hung) blocks this thread only, never a signal.
         fd = stdin.fileno()
         try:
             while (data := self._stdin.get()) is not None:
@@ -147,12 +229,42 @@ class _RelayedWorker:
                 with self._write_lock:
                     self._queued -= 1
         except (OSError, ValueError):
-            pass  # the worker is gone: its exit is reported by run()
+            pass  # the worker is gone: its exit is told by run()
         finally:
             with self._write_lock:
-                self._stdin_fd = None
+                self._stdin_fd = None  # never written again: the number may be reused
             with contextlib.suppress(OSError):
                 stdin.close()
+
+    def _send(self, data: bytes) -> None:
+        """One event to the supervisor, whole; dropped once nobody listens."""
+        with self._send_lock:
+            if self._conn is None:
+                return
+            try:
+                self._conn.sendall(data)
+            except OSError:
+                self._drop_channel()  # the supervisor went: it ends this worker (the actor with it)
+
+    def _drop_channel(self) -> None:
+        """No more events; the feed of stdin wakes and ends (it closes the socket). Under the send lock."""
+        if self._conn is not None:
+            with contextlib.suppress(OSError):
+                self._conn.shutdown(socket.SHUT_RDWR)
+            self._conn = None
+
+    def _pump(self, stream: IO[bytes], kind: int, eof: int) -> None:
+        fd = stream.fileno()
+        try:
+            while data := os.read(fd, READ_CHUNK):
+                self._connected.wait()  # the pipe holds what comes before the supervisor is here
+                self._send(channel.stream_header(kind, len(data)) + data)
+        except OSError:
+            pass
+        finally:
+            stream.close()
+            self._connected.wait()
+            self._send(channel.message(eof))
 
     def _watch(self) -> None:
         assert self.proc is not None
@@ -168,73 +280,14 @@ class _RelayedWorker:
             if self.exited.is_set():
                 return
             self._known = {proc.pid: proc for proc in usage.processes}
-            self.push(("usage", usage.rss, usage.cpu_time, usage.count))
+            if self._connected.is_set():
+                self._send(channel.message(channel.USAGE, usage.rss, usage.cpu_time, usage.count))
 
     # -- called by the actor's methods ---------------------------------------------------
-    def push(self, event: Event) -> None:
-        with self._changed:
-            self._events.append(event)
-            self._changed.notify_all()
-
-    def take(self) -> Batch:
-        """For the standing read: what the worker wrote since the last batch; waits until there is
-        something, and lets a write that waits for its answer have it first."""
-        with self._changed:
-            while (not self._events or self._answering) and not self.gone:
-                self._changed.wait()
-            return self._batch()
-
-    def take_answer(self, wait: float) -> Batch:
-        """For a write: the worker's answer if it comes within `wait` seconds (a quick call's
-        result then rides back on the write's own reply: one actor task per call, not two)."""
-        deadline = time.monotonic() + wait
-        with self._changed:
-            self._answering += 1
-            try:
-                while not self._events and not self.gone and (left := deadline - time.monotonic()) > 0:
-                    self._changed.wait(left)
-                return self._batch()
-            finally:
-                self._answering -= 1
-                self._changed.notify_all()  # the standing read may take what comes next
-
-    def _batch(self) -> Batch:
-        """The events so far, numbered: the supervisor orders batches by number, whichever call
-        (the read, or a write) brought each back."""
-        if not self._events:
-            return (None, [])
-        events, self._events = self._events, []
-        number, self._batches = self._batches, self._batches + 1
-        return (number, events)
-
-    def write(self, seq: int, data: bytes | None) -> None:
-        """In `seq` order, whatever order Ray runs the calls in; None closes stdin. Written
-        at once when the pipe takes it and nothing is queued before it (no thread hand-off
-        for a call's frame); the rest queues for the writer thread."""
-        with self._write_lock:
-            self._early[seq] = data
-            while self._next_seq in self._early:
-                chunk = self._early.pop(self._next_seq)
-                self._next_seq += 1
-                if chunk is not None and not self._queued and self._stdin_fd is not None:
-                    try:
-                        written = os.write(self._stdin_fd, chunk)
-                    except BlockingIOError:
-                        written = 0
-                    except OSError:
-                        continue  # the worker is gone: its exit is reported by run()
-                    if written == len(chunk):
-                        continue
-                    chunk = chunk[written:]
-                if chunk is None:
-                    self._stdin_fd = None  # closing: never write to the fd (its number may be reused)
-                else:
-                    self._queued += 1
-                self._stdin.put(chunk)
-
     def signal(self, sig: int) -> None:
         if self.proc is not None and not self.exited.is_set():
-            process.signal_group(self.proc.pid, None, sig)
+            with contextlib.suppress(OSError, ValueError):  # not a signal: nothing to send
+                process.signal_group(self.proc.pid, None, sig)
 
     def kill_tree(self) -> None:
         if self.proc is None or self.exited.is_set():
@@ -248,12 +301,15 @@ class _RelayedWorker:
             self.signal(signal.SIGKILL)
 
     def cleanup(self) -> int:
-        """After the exit: kill what is left of the tree (strays that left the group); how many."""
+        """After the exit: kill what is left of the tree (strays that left the group); how many.
+        The channel closes: whoever still waits for the supervisor stops waiting."""
         strays = containment.kill_descendants(None, list(self._known.values())) + process.kill_tagged(self.tag)
         psutil.wait_procs(strays, timeout=STRAY_KILL_TIMEOUT)
-        with self._changed:
-            self.gone = True
-            self._changed.notify_all()
+        with self._send_lock:
+            self._close_listener()
+            self._drop_channel()
+            self._connected.set()
+        self._cleaned.set()
         return len(strays)
 
 
@@ -273,52 +329,49 @@ class WorkerRelay:
         self._workers: dict[str, _RelayedWorker] = {}
         self._lock = threading.Lock()
 
-    def spawn(self, worker_args: list[str], env_allow: list[str], tag: str) -> dict[str, Any]:
-        """Start a worker in its plugin's folder on this node. Returns where it runs."""
+    def spawn(self, worker_args: list[str], env_allow: list[str], tag: str, token: bytes) -> dict[str, Any]:
+        """Start a worker in its plugin's folder on this node, its channel listening for the
+        connection that presents `token`. Returns where it runs and the channel's port."""
         import ray  # only to name the node
 
         folder = Path.cwd() / self._folder_name  # the job's working dir is the plugins folder
         if not (folder / "plugin.toml").is_file():
             raise FileNotFoundError(f"{folder}/plugin.toml is not on this node (was the plugin folder added after the supervisor joined the cluster?)")
+        if len(token) != channel.TOKEN_SIZE:
+            raise ValueError(f"a channel token is {channel.TOKEN_SIZE} bytes, got {len(token)}")
         env = process.worker_env(env_allow)
         # The devices Ray gave this actor are the worker's: without these, a plugin that
         # asked for one GPU would see every GPU of the node.
         env.update({name: os.environ[name] for name in ACCELERATOR_VARIABLES if name in os.environ})
         env[process.TAG_VARIABLE] = tag
-        worker = _RelayedWorker(tag, self._watch_interval, self._memory_limit)
+        node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
+        listener = listen_on(node_ip)
+        worker = _RelayedWorker(tag, token, listener, self._watch_interval, self._memory_limit)
         started, failed = threading.Event(), list[BaseException]()
         command = process.command_for(folder, os.getpid(), worker_args)
         _thread(worker.run, command, folder, env, started, failed)
         started.wait()
         if failed:
+            listener.close()
             raise failed[0]
         assert worker.proc is not None
         with self._lock:
             self._workers[tag] = worker
-        node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        return {"pid": worker.proc.pid, "node_id": ray.get_runtime_context().get_node_id(), "node_ip": node_ip}
+        return {
+            "pid": worker.proc.pid, "node_id": ray.get_runtime_context().get_node_id(), "node_ip": node_ip,
+            "port": listener.getsockname()[1],
+        }
 
     def _worker(self, tag: str) -> _RelayedWorker | None:
         with self._lock:
             return self._workers.get(tag)
 
-    def read(self, tag: str) -> Batch:
-        """Everything the worker wrote since the last batch; waits until there is something."""
-        worker = self._worker(tag)
-        return worker.take() if worker is not None else (None, [("gone",)])
-
-    def write(self, tag: str, seq: int, data: bytes | None) -> Batch:
-        """Bytes for the worker's stdin (None: close it); returns the answer if it comes quickly."""
-        worker = self._worker(tag)
-        if worker is None:
-            return (None, [])
-        worker.write(seq, data)
-        return worker.take_answer(ANSWER_WAIT) if data else (None, [])
-
-    def send_signal(self, tag: str, sig: int) -> None:
+    def wait_exit(self, tag: str) -> None:
+        """Returns once the worker has exited (at once if it is unknown here). The supervisor keeps
+        one of these waiting: if it fails instead, the actor died (or its node was lost)."""
         worker = self._worker(tag)
         if worker is not None:
-            worker.signal(sig)
+            worker.exited.wait()
 
     def kill_tree(self, tag: str) -> None:
         worker = self._worker(tag)

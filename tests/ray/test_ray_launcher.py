@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 import ray
 
-from supervisor import CallTimeout, PluginUnavailable, Supervisor, WorkerCrashed
+from protocol import MessageDecoder
+from supervisor import CallTimeout, PluginUnavailable, Supervisor, WorkerCrashed, process
+from supervisor.launchers import channel
 from supervisor.launchers.ray import RayLauncher
+from supervisor.launchers.relay import WorkerRelay
 from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
 from tests.faults.helpers import running_worker, set_runtime, wait_for
 from tests.integration.helpers import text_of
@@ -368,3 +373,49 @@ async def test_large_values_cross_the_relay_whole_and_in_order(sup: Supervisor) 
     assert await sup.call("echo", "echo", {"value": big}, timeout=60) == big
     values = [bytes([i]) * (1 << 20) + str(i).encode() for i in range(16)]
     assert await asyncio.gather(*(sup.call("echo", "aecho", {"value": v}, timeout=60) for v in values)) == values
+
+
+async def read_events(reader: asyncio.StreamReader, until: int) -> list[tuple[Any, ...]]:
+    """The relay's events on a channel, up to the first of kind `until` (OUT: (OUT, the name of each message))."""
+    seen: list[tuple[Any, ...]] = []
+    messages = MessageDecoder(1 << 20)
+    decoder = channel.Decoder(
+        {channel.OUT: lambda data: seen.extend((channel.OUT, type(m).__name__) for m in messages.feed(data)), channel.ERR: lambda data: None},
+        {kind: (lambda *values, kind=kind: seen.append((kind, *values))) for kind in (channel.OUT_EOF, channel.ERR_EOF, channel.USAGE, channel.EXIT)},
+    )
+    async with asyncio.timeout(30):
+        while not any(event[0] == until for event in seen):
+            data = await reader.read(1 << 16)
+            assert data, f"the channel closed before event {until}: {seen}"
+            decoder.feed(data)
+    return seen
+
+
+async def test_a_workers_channel_opens_only_to_the_token_its_relay_was_given(sup: Supervisor) -> None:
+    """The relay's port (on its node's address) takes the one connection that starts with the
+    token given through Ray; silent or wrong ones are dropped and hold up nobody; then it stops listening."""
+    relay = ray.remote(WorkerRelay).options(num_cpus=0, max_concurrency=8).remote("echo", 0, None)
+    token, tag = secrets.token_bytes(channel.TOKEN_SIZE), f"channel-test-{secrets.token_hex(4)}"
+    info = await relay.spawn.remote(process.worker_args(1 << 20), [], tag, token)
+    address = (info["node_ip"], info["port"])
+    try:
+        _, silent = await asyncio.open_connection(*address)  # says nothing: waits its turn alone
+        wrong_reader, wrong = await asyncio.open_connection(*address)
+        wrong.write(bytes(channel.TOKEN_SIZE))
+        async with asyncio.timeout(10):
+            assert await wrong_reader.read() == b""  # dropped, nothing sent to it
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(token)
+        assert (channel.OUT, "Hello") in await read_events(reader, until=channel.OUT)  # the worker's first frame
+        with pytest.raises(ConnectionRefusedError):  # no longer listening
+            await asyncio.open_connection(*address)
+        writer.write(channel.message(channel.IN_EOF))  # its stdin closes: the worker ends
+        events = await read_events(reader, until=channel.EXIT)
+        assert events[-1][0] == channel.EXIT and isinstance(events[-1][1], int)
+        assert (channel.OUT_EOF,) in events
+        for stream in (silent, wrong, writer):
+            stream.close()
+    finally:
+        await relay.cleanup.remote(tag)
+        ray.kill(relay)
+    assert not pid_alive(info["pid"])
