@@ -58,6 +58,13 @@ def _port(text: str) -> int:
     return int(text)
 
 
+def _port_range(text: str) -> tuple[int, int]:
+    first, dash, last = text.partition("-")
+    if not (dash and first.isdigit() and last.isdigit() and 1 <= int(first) <= int(last) <= 65535):
+        raise argparse.ArgumentTypeError(f"must be FIRST-LAST, two port numbers from 1 to 65535 in order, got {text!r}")
+    return int(first), int(last)
+
+
 class _OneLineParser(argparse.ArgumentParser):
     """argparse prints the usage and then the error; the CLI promises one line."""
 
@@ -100,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--ray", dest="ray_address", default=None, metavar="ADDRESS",
         help="run the plugins on this Ray cluster (host:port, or auto; needs neko-supervisor[ray]; see README, Scaling out)",
+    )
+    serve.add_argument(
+        "--ray-channel-ports", dest="ray_channel_ports", type=_port_range, default=None, metavar="FIRST-LAST",
+        help="with --ray: the ports a node may open for its workers' channels, for firewalls that open only some (default any)",
     )
     for sub in (list_cmd, call, serve):  # -v also after the subcommand
         sub.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
@@ -222,7 +233,7 @@ def _serve(ns: argparse.Namespace) -> int:
     options = ServeOptions(
         plugins_dir=ns.plugins_dir, host=ns.host, port=ns.port, token_file=ns.token_file, allow_hosts=tuple(ns.allow_host),
         max_body=int(ns.max_body_mb * 1024 * 1024), max_timeout=ns.max_timeout, sandbox=_sandbox(ns), network=ns.network,
-        access_log=ns.access_log, ray_address=ns.ray_address,
+        access_log=ns.access_log, ray_address=ns.ray_address, ray_channel_ports=ns.ray_channel_ports,
     )
     try:
         return asyncio.run(serve(options))

@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import re
 import secrets
 import signal
@@ -82,6 +83,14 @@ def placement(runtime: RuntimeOptions) -> dict[str, Any]:
     return options
 
 
+def _is_port_range(ports: Any) -> bool:
+    return (
+        isinstance(ports, tuple | list) and len(ports) == 2
+        and all(isinstance(port, int) and not isinstance(port, bool) for port in ports)
+        and 1 <= ports[0] <= ports[1] <= 65535
+    )
+
+
 def describe_needs(runtime: RuntimeOptions) -> str:
     needs = [f"num_cpus = {runtime.num_cpus:g}"]
     if runtime.num_gpus:
@@ -101,6 +110,8 @@ class RayLauncher:
     - `namespace`: the Ray namespace of the relay actors.
     - `watch_interval`: seconds between two looks at a worker's tree on its node
       (its memory, CPU time and process limits); 0 turns the looks off.
+    - `channel_ports`: (first, last): the ports a relay may listen on for its workers'
+      channels (see relay.py), for clusters whose firewalls open only some; default any.
     - `init_options`: more keyword arguments for `ray.init`.
 
     Connects on the first launch (or `await connect()`), in a thread: `ray.init`
@@ -115,13 +126,17 @@ class RayLauncher:
         *,
         namespace: str = DEFAULT_NAMESPACE,
         watch_interval: float = 0.25,
+        channel_ports: tuple[int, int] | None = None,
         init_options: dict[str, Any] | None = None,
     ) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ValueError(f"address must be a Ray cluster address such as '127.0.0.1:6379', 'auto' or None, got {address!r}")
         if not isinstance(watch_interval, int | float) or watch_interval < 0:
             raise ValueError(f"watch_interval must be a number of seconds >= 0, got {watch_interval!r}")
+        if channel_ports is not None and not _is_port_range(channel_ports):
+            raise ValueError(f"channel_ports must be (first, last) with 1 <= first <= last <= 65535, got {channel_ports!r}")
         self.address = address
+        self.channel_ports = None if channel_ports is None else (int(channel_ports[0]), int(channel_ports[1]))
         self.namespace = namespace
         self.watch_interval = float(watch_interval)
         self._init_options = dict(init_options or {})
@@ -150,6 +165,14 @@ class RayLauncher:
 
     async def _join(self, plugins_dir: Path) -> None:
         where = self.address or "a new local cluster"
+        if os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes"):
+            # The workers' channels are plain TCP (token-authenticated, not encrypted): on a
+            # cluster that encrypts its own traffic, they would carry the plugins' data in the clear.
+            raise LaunchError(
+                "RAY_USE_TLS is on, and the Ray launcher's worker channels have no TLS yet: the plugins' "
+                "calls would cross the network unencrypted (see README, Scaling out on Ray: Security)",
+                permanent=True,
+            )
         if self.address not in (None, "auto") and not self.address.startswith("ray://"):
             # ray.init retries an address nobody answers for minutes: ask the port first.
             await _reachable(self.address)
@@ -277,7 +300,7 @@ class RayLauncher:
             max_restarts=0,       # the supervisor restarts workers, under its own policy
             max_task_retries=0,   # and never runs a call twice
             max_concurrency=64,   # a threaded actor: read() waits while write() and the signals go on
-        ).remote(spec.folder.name, self.watch_interval, memory_limit)
+        ).remote(spec.folder.name, self.watch_interval, memory_limit, self.channel_ports)
         relay = _PluginActor(spec.manifest.id, actor, key)
         self._actors[spec.manifest.id] = relay
         return relay

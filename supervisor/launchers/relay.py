@@ -28,9 +28,11 @@ on Ray is contained the way a local one is.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import os
 import queue
+import random
 import select
 import signal
 import socket
@@ -65,10 +67,21 @@ def kill_tagged_on_this_node(tag: str) -> int:
     return len(found)
 
 
-def listen_on(host: str) -> socket.socket:
-    """A listening socket on this node's address (the one Ray knows it by), on a free port."""
+def listen_on(host: str, ports: tuple[int, int] | None) -> socket.socket:
+    """A listening socket on this node's address (the one Ray knows it by): on a free port
+    of `ports` (first, last), tried in a random order, or any free port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    return socket.create_server((host, 0), family=family, backlog=8)
+    if ports is None:
+        return socket.create_server((host, 0), family=family, backlog=8)
+    candidates = list(range(ports[0], ports[1] + 1))
+    random.shuffle(candidates)  # relays starting together rarely try the same port twice
+    for port in candidates:
+        try:
+            return socket.create_server((host, port), family=family, backlog=8)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+    raise OSError(errno.EADDRINUSE, f"no free port in {ports[0]}-{ports[1]} on {host} for a worker's channel (RayLauncher channel_ports)")
 
 
 class _RelayedWorker:
@@ -322,18 +335,18 @@ def _thread(target: Any, *args: Any) -> threading.Thread:
 class WorkerRelay:
     """One plugin's workers on this node. Methods are called by the supervisor's RayWorker."""
 
-    def __init__(self, folder_name: str, watch_interval: float, memory_limit: int | None) -> None:
+    def __init__(self, folder_name: str, watch_interval: float, memory_limit: int | None, channel_ports: tuple[int, int] | None = None) -> None:
         self._folder_name = folder_name
         self._watch_interval = watch_interval
         self._memory_limit = memory_limit
+        self._channel_ports = channel_ports
+        self._node_address: tuple[str, str] | None = None
         self._workers: dict[str, _RelayedWorker] = {}
         self._lock = threading.Lock()
 
     def spawn(self, worker_args: list[str], env_allow: list[str], tag: str, token: bytes) -> dict[str, Any]:
         """Start a worker in its plugin's folder on this node, its channel listening for the
         connection that presents `token`. Returns where it runs and the channel's port."""
-        import ray  # only to name the node
-
         folder = Path.cwd() / self._folder_name  # the job's working dir is the plugins folder
         if not (folder / "plugin.toml").is_file():
             raise FileNotFoundError(f"{folder}/plugin.toml is not on this node (was the plugin folder added after the supervisor joined the cluster?)")
@@ -344,8 +357,8 @@ class WorkerRelay:
         # asked for one GPU would see every GPU of the node.
         env.update({name: os.environ[name] for name in ACCELERATOR_VARIABLES if name in os.environ})
         env[process.TAG_VARIABLE] = tag
-        node_ip = ray.util.get_node_ip_address()  # type: ignore[no-untyped-call]
-        listener = listen_on(node_ip)
+        node_id, node_ip = self._node()
+        listener = listen_on(node_ip, self._channel_ports)
         worker = _RelayedWorker(tag, token, listener, self._watch_interval, self._memory_limit)
         started, failed = threading.Event(), list[BaseException]()
         command = process.command_for(folder, os.getpid(), worker_args)
@@ -357,10 +370,20 @@ class WorkerRelay:
         assert worker.proc is not None
         with self._lock:
             self._workers[tag] = worker
-        return {
-            "pid": worker.proc.pid, "node_id": ray.get_runtime_context().get_node_id(), "node_ip": node_ip,
-            "port": listener.getsockname()[1],
-        }
+        return {"pid": worker.proc.pid, "node_id": node_id, "node_ip": node_ip, "port": listener.getsockname()[1]}
+
+    def _node(self) -> tuple[str, str]:
+        """This node's id and the address the cluster knows it by (its raylet's), looked up once:
+        an actor lives on one node. Ray's get_node_ip_address() in an actor guesses from the routes."""
+        if self._node_address is None:
+            import ray
+
+            node_id = ray.get_runtime_context().get_node_id()
+            found = [node for node in ray.nodes() if node["NodeID"] == node_id]  # type: ignore[no-untyped-call]
+            if not found:
+                raise RuntimeError(f"this node ({node_id}) is not in the cluster's list of nodes")
+            self._node_address = (node_id, str(found[0]["NodeManagerAddress"]))
+        return self._node_address
 
     def _worker(self, tag: str) -> _RelayedWorker | None:
         with self._lock:

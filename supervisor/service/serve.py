@@ -58,15 +58,17 @@ class ServeError(Exception):
     """The service cannot start (bad folder, bad token, port in use): one line for the user."""
 
 
-def ray_launcher(address: str | None) -> RayLauncher | None:
+def ray_launcher(address: str | None, channel_ports: tuple[int, int] | None = None) -> RayLauncher | None:
     """`--ray ADDRESS`: a RayLauncher, or ServeError if Ray is not installed."""
     if address is None:
+        if channel_ports is not None:
+            raise ServeError("--ray-channel-ports is for --ray: give the cluster's address too")
         return None
     try:
         from supervisor.launchers.ray import RayLauncher
     except ModuleNotFoundError as exc:
         raise ServeError(f"--ray needs Ray ({exc.name} is missing): pip install 'neko-supervisor[ray]'") from None
-    return RayLauncher(address)
+    return RayLauncher(address, channel_ports=channel_ports)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +84,7 @@ class ServeOptions:
     network: bool = True
     access_log: bool = True
     ray_address: str | None = None  # run the plugins on this Ray cluster (extra neko-supervisor[ray])
+    ray_channel_ports: tuple[int, int] | None = None  # the ports its nodes may open for the workers' channels
 
 
 async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
@@ -94,7 +97,7 @@ async def serve(options: ServeOptions, out: TextIO | None = None) -> int:
     except TokenError as exc:
         raise ServeError(str(exc)) from None
     raise_open_files_limit()
-    launcher = ray_launcher(options.ray_address)
+    launcher = ray_launcher(options.ray_address, options.ray_channel_ports)
     if launcher is not None:
         # Before serving: a cluster that cannot be joined is a start-up error naming --ray,
         # not a failed start of every plugin.

@@ -175,6 +175,8 @@ async def test_json_log_lines_carry_the_plugin_id(plugins: Path, tmp_path: Path,
         ([], {"NEKO_SUPERVISOR_TOKEN": "short"}, "NEKO_SUPERVISOR_TOKEN: the token must be at least 16 characters"),
         (["--port", "99999"], {}, "--port: must be a port number"),
         (["--log-format", "xml"], {}, "--log-format: invalid choice"),
+        (["--ray-channel-ports", "9000-8000"], {}, "--ray-channel-ports: must be FIRST-LAST"),
+        (["--ray-channel-ports", "9000-9010"], {"NEKO_SUPERVISOR_TOKEN": TOKEN}, "--ray-channel-ports is for --ray"),
     ],
 )
 async def test_bad_options_fail_in_one_line_before_any_plugin_starts(

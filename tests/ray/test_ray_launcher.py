@@ -10,6 +10,7 @@ import asyncio
 import os
 import secrets
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,7 +22,7 @@ import ray
 
 from protocol import MessageDecoder
 from supervisor import CallTimeout, PluginUnavailable, Supervisor, WorkerCrashed, process
-from supervisor.launchers import channel
+from supervisor.launchers import LaunchError, channel
 from supervisor.launchers.ray import RayLauncher
 from supervisor.launchers.relay import WorkerRelay
 from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
@@ -223,12 +224,19 @@ async def test_the_same_plugin_code_runs_the_seed_examples_on_ray(ray_cluster: C
 
 async def test_serve_with_ray_runs_the_plugins_on_the_cluster(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
     """`neko-supervisor serve PLUGINS --ray ADDRESS`: the host service, its workers on Ray."""
-    served = await start_serving(fault_plugins, tmp_path, "--ray", ray_cluster.address, env={"NEKO_SUPERVISOR_TOKEN": "t" * 32})
+    served = await start_serving(
+        fault_plugins, tmp_path, "--ray", ray_cluster.address, "--ray-channel-ports", "25020-25039", env={"NEKO_SUPERVISOR_TOKEN": "t" * 32}
+    )
     try:
         status, plugins = await served.request("GET", "/v1/plugins")
         assert status == 200
         where = {plugin["id"]: plugin["where"] for plugin in plugins["plugins"]}
         assert all((place or "").startswith("ray node ") for place in where.values()), where
+        channels = [
+            conn for conn in psutil.Process(served.process.pid).net_connections(kind="tcp")
+            if conn.raddr and 25020 <= conn.raddr.port <= 25039 and conn.status == psutil.CONN_ESTABLISHED
+        ]
+        assert len(channels) == len(where), channels  # --ray-channel-ports: every worker's channel in the range
         assert await served.request("POST", "/v1/plugins/echo/entries/echo", {"value": [1, "two"]}) == (200, {"ok": True, "value": [1, "two"]})
         status, answer = await served.request("POST", "/v1/plugins/crash/entries/crash", {"code": 3})
         assert (status, answer["error"]["type"]) == (502, "WorkerCrashed"), answer
@@ -419,3 +427,47 @@ async def test_a_workers_channel_opens_only_to_the_token_its_relay_was_given(sup
         await relay.cleanup.remote(tag)
         ray.kill(relay)
     assert not pid_alive(info["pid"])
+
+
+CHANNEL_PORTS = (25000, 25019)  # below Linux's ephemeral ports, above Ray's worker ports: nothing else connects there
+
+
+async def test_channel_ports_bound_the_ports_the_relays_listen_on(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    """A firewall that opens only some ports: each worker's channel is on one of them."""
+    launcher = RayLauncher(ray_cluster.address, channel_ports=CHANNEL_PORTS)
+    async with Supervisor(fault_plugins, launcher=launcher, log_dir=tmp_path / "logs") as sup:
+        assert {status.state for status in sup.statuses()} == {"running"}
+        assert await sup.call("echo", "echo", {"value": "through a chosen port"}) == "through a chosen port"
+        channels = [
+            conn for conn in psutil.Process().net_connections(kind="tcp")
+            if conn.raddr and CHANNEL_PORTS[0] <= conn.raddr.port <= CHANNEL_PORTS[1] and conn.status == psutil.CONN_ESTABLISHED
+        ]
+        assert len(channels) == len(sup.statuses()), channels  # one per worker, every one in the range
+
+
+async def test_a_port_range_with_no_free_port_fails_the_start_saying_so(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
+    with socket.create_server(("0.0.0.0", 0)) as taken:  # listening on every address: the node's too
+        port = taken.getsockname()[1]
+        set_runtime(fault_plugins / "echo", restart="never", max_restarts=0)
+        launcher = RayLauncher(ray_cluster.address, channel_ports=(port, port))
+        async with Supervisor(fault_plugins, launcher=launcher, log_dir=tmp_path / "logs") as sup:
+            status = sup.status("echo")
+            assert status.state == "failed" and f"no free port in {port}-{port}" in (status.error or ""), status
+
+
+def test_channel_ports_must_be_a_range_of_ports() -> None:
+    for bad in [(0, 10), (10, 5), (1, 70000), (1,), "1-2", (1.5, 2), (True, 2)]:
+        with pytest.raises(ValueError, match="channel_ports must be"):
+            RayLauncher("127.0.0.1:1", channel_ports=bad)  # type: ignore[arg-type]
+
+
+async def test_a_cluster_with_ray_tls_on_is_refused_before_any_plugin_data_crosses_it(
+    fault_plugins: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The channels are not encrypted: where Ray's own traffic is, the launcher says so instead
+    of sending the plugins' calls in the clear."""
+    monkeypatch.setenv("RAY_USE_TLS", "1")
+    launcher = RayLauncher("127.0.0.1:1")  # never contacted
+    with pytest.raises(LaunchError, match="RAY_USE_TLS is on") as caught:
+        await launcher.connect(fault_plugins)
+    assert caught.value.permanent
