@@ -15,8 +15,10 @@ across contestants so a noisy moment hits them all alike.
 
 With Ray installed (and peers on), the async entry also runs through a
 Supervisor with the Ray launcher, on a local one-node cluster: its latency is
-held to the Ray actor peer's call plus the reference's pipe round trip, the two
-hops it adds up (supervisor -> relay actor, relay -> worker over pipes).
+held to the Ray actor peer's call plus the reference's pipe round trip (the
+issue's bound: the relay may not cost more than the actor call it could have
+been plus the pipes on the node; its frames in fact cross a TCP connection of
+their own, supervisor -> relay actor, then pipes to the worker).
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ async def run(args: argparse.Namespace) -> list[Figure]:
         figures.append(Figure("restart.spare", "the same with spare_worker = true", "ms", ours["spare"],
                               reference="start.bare", target=RESTART_TARGET))
         if "supervisor_ray" in restart_times:
-            figures.append(Figure("restart.supervisor_ray", "the same with the Ray launcher (a new relay actor too)", "ms",
+            figures.append(Figure("restart.supervisor_ray", "the same with the Ray launcher (its relay actor spawns the next worker)", "ms",
                                   restart_times["supervisor_ray"], reference="restart.supervisor"))
         for contestant in restartable:
             if not contestant.key.startswith("supervisor"):

@@ -14,7 +14,8 @@ somewhere and carries its bytes, signals and exit.
 
 - `LocalLauncher` (launchers/local.py): a child process of the supervisor.
 - `RayLauncher` (launchers/ray.py, extra `neko-supervisor[ray]`): a Ray actor on
-  a cluster node spawns the same worker there and relays its frames as bytes.
+  a cluster node (launchers/relay.py) spawns the same worker there and relays its
+  frames as bytes, over a connection of its own (launchers/channel.py).
 """
 
 from supervisor.launchers.base import LaunchedWorker, Launcher, LaunchError, LaunchSpec, Pipe

@@ -1,8 +1,9 @@
 """The Ray launcher: each worker runs on a Ray cluster node, spawned there by its plugin's actor.
 
     supervisor (here)                         node chosen by Ray
-    WorkerHandle --RayWorker-- actor calls --> WorkerRelay actor --pipes--> python -m worker PLUGIN_DIR
-                                               (one per plugin)            (one per worker)
+    WorkerHandle -- RayWorker == Ray calls ===> WorkerRelay actor --pipes--> python -m worker PLUGIN_DIR
+                              == its channel => (one per plugin)            (one per worker)
+                                 (TCP, per worker)
 
 Everything the handle decides stays here: deadlines, cancel, kill after grace,
 the restart policy and budget. Ray only places and carries:
@@ -21,8 +22,13 @@ the restart policy and budget. Ray only places and carries:
   with WorkerCrashed and the slot restarts it under the same policy, wherever
   Ray then places the new actor.
 
-Frames are relayed as opaque bytes: writes made in one loop turn go in one actor
-call, and one long-polled `read()` at a time brings back what the worker wrote.
+Frames are relayed as opaque bytes, not on Ray calls (each would cost a plain
+actor call): the relay opens a port per worker on its node's address, and the
+RayWorker connects to it and presents the token it gave the relay through Ray;
+stdin, signals, stdout, stderr, usage and the exit cross that connection
+(channel.py). Ray calls remain for spawn, kill_tree, cleanup, and a standing
+`wait_exit()` whose failure is Ray's word that the actor died (a node lost to a
+partition closes no connection).
 
 Ray's own authentication is whatever the cluster runs with (token auth where it
 is on): this module connects with the caller's environment and never turns it off.
@@ -272,12 +278,14 @@ class RayLauncher:
                 async with asyncio.timeout_at(deadline):
                     await worker.open_channel(token)
             except (OSError, TimeoutError) as exc:
+                worker.abort_channel()
                 self._drop(relay)  # the worker dies with its actor
                 raise LaunchError(
                     f"cannot reach the worker's relay at {worker.node_ip}:{worker.port} ({exc or 'no answer'}): "
                     "the supervisor's host must be able to connect to the Ray nodes' ports"
                 ) from None
             except BaseException:
+                worker.abort_channel()
                 self._drop(relay)
                 raise
             return worker
@@ -489,6 +497,12 @@ class RayWorker(asyncio.Protocol):
         await self._loop.create_connection(lambda: self, self.node_ip, self.port)
         assert self._transport is not None
         self._transport.write(token)
+
+    def abort_channel(self) -> None:
+        """The launch failed after the spawn: nothing more is read or sent."""
+        self._released = True  # its end is nobody's news: the launch raises instead
+        if self._transport is not None:
+            self._transport.abort()
 
     # -- asyncio.Protocol: the channel ------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -7,6 +7,7 @@ Every test runs real workers, spawned by real Ray actors on the cluster of
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -292,6 +293,40 @@ async def test_a_lost_node_is_a_crash_and_the_plugin_restarts_on_another_node(
             assert second.pid is not None and on_node(second.pid, nodes[1]) and second.where != first.where
             assert await sup.call("echo", "echo", {"value": "back"}) == "back"
             assert await sup.call("crash", "ping") == "pong"  # the head's plugins never noticed
+    finally:
+        for node in nodes:
+            stop_node(node)
+
+
+async def test_a_node_that_stops_answering_is_a_crash_once_ray_declares_it_dead(
+    fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path
+) -> None:
+    """A partition, as near as one machine gets: the node's processes are frozen (SIGSTOP), so
+    the worker's connection stays open and says nothing. Ray's health checks declare the node
+    dead; the call in flight fails with WorkerCrashed and the plugin restarts elsewhere."""
+    set_runtime(fault_plugins / "echo", node_labels={"zone": "frozen"}, timeout=5)
+    join = ("--address", ray_cluster.address, "--num-cpus", "2", "--labels", "zone=frozen")
+    nodes = [start_node(ray_cluster.env, ray_cluster.temp_dir, "frozen-1", *join)]
+    try:
+        async with Supervisor(fault_plugins, launcher=RayLauncher(ray_cluster.address), log_dir=tmp_path / "logs") as sup:
+            first = sup.status("echo")
+            assert first.pid is not None and on_node(first.pid, nodes[0])
+            call = asyncio.ensure_future(sup.call("echo", "asleep", {"seconds": 60}, timeout=90))
+            await wait_for(lambda: sup.status("echo").in_flight == 1)
+            frozen = [psutil.Process(nodes[0].pid), *psutil.Process(nodes[0].pid).children(recursive=True)]
+            for proc in frozen:
+                with contextlib.suppress(psutil.Error):
+                    proc.suspend()
+            with pytest.raises(WorkerCrashed) as caught:
+                await asyncio.wait_for(call, 30)
+            reason = caught.value.exit.reason if caught.value.exit is not None else None
+            # Ray's word (the standing wait_exit call failed), not a closed connection.
+            assert reason is not None and "Ray actor relaying it died" in reason and "channel closed" not in reason, reason
+            nodes.append(start_node(ray_cluster.env, ray_cluster.temp_dir, "frozen-2", *join))
+            await running_worker(sup, "echo", first.pid, timeout=60)
+            second = sup.status("echo")
+            assert second.pid is not None and on_node(second.pid, nodes[1])
+            assert await sup.call("echo", "echo", {"value": "thawed elsewhere"}) == "thawed elsewhere"
     finally:
         for node in nodes:
             stop_node(node)
