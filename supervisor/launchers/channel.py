@@ -1,13 +1,14 @@
 """The relay channel: one TCP connection per Ray-launched worker, sans-I/O.
 
     supervisor ---- IN, IN_EOF, SIGNAL ----------------------------> relay actor ---> worker
-    supervisor <--- OUT, ERR, OUT_EOF, ERR_EOF, USAGE, EXIT -------- relay actor <--- worker
+    supervisor <--- ADMITTED, OUT, ERR, OUT_EOF, ERR_EOF, USAGE, EXIT relay actor <--- worker
 
 Each way is a stream of messages `[kind: 1 byte][length: 4 bytes, big-endian][body]`.
 The supervisor opens the connection to the port its worker's relay listens on,
 and its first bytes are the token it gave the relay through Ray (`TOKEN_SIZE`
-bytes): the relay drops any connection that does not start with it, and stops
-listening once one did. Then, in order:
+bytes): the relay drops any connection that does not start with it (or does not
+say it within a few seconds), answers the one that does with ADMITTED, its first
+message, and stops listening. Then, in order:
 
     IN              bytes for the worker's stdin (its frames), as written
     IN_EOF          close the worker's stdin
@@ -26,20 +27,37 @@ held whole here); the others are a few bytes.
 
 from __future__ import annotations
 
+import socket
 import struct
 from collections.abc import Callable, Mapping
 from typing import Any
 
 TOKEN_SIZE = 32
 
-IN, IN_EOF, SIGNAL, OUT, ERR, OUT_EOF, ERR_EOF, USAGE, EXIT = range(1, 10)
+IN, IN_EOF, SIGNAL, OUT, ERR, OUT_EOF, ERR_EOF, USAGE, EXIT, ADMITTED = range(1, 11)
 
 _HEADER = struct.Struct("!BI")
 # The body of each message that is not a stream's bytes.
 BODIES = {
     IN_EOF: struct.Struct(""), SIGNAL: struct.Struct("!i"),
     OUT_EOF: struct.Struct(""), ERR_EOF: struct.Struct(""), USAGE: struct.Struct("!QdI"), EXIT: struct.Struct("!i"),
+    ADMITTED: struct.Struct(""),
 }
+# Dead peers (a lost node, a NAT that forgot the connection) are found by the kernel: a
+# probe after 10 s of silence, given up after 3 unanswered 5 s apart; data unacknowledged
+# for 30 s fails the connection.
+KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, USER_TIMEOUT_MS = 10, 5, 3, 30_000
+
+
+def keep_alive(sock: Any) -> None:
+    """Set the channel's TCP keepalive on a connected socket (either end)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in (
+        ("TCP_KEEPIDLE", KEEPALIVE_IDLE), ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL),
+        ("TCP_KEEPCNT", KEEPALIVE_COUNT), ("TCP_USER_TIMEOUT", USER_TIMEOUT_MS),
+    ):
+        if hasattr(socket, option):  # Linux has them all; elsewhere, the system's defaults
+            sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
 
 
 class ChannelError(Exception):

@@ -68,8 +68,11 @@ from supervisor.launchers.relay import WorkerRelay, kill_tagged_on_this_node
 from supervisor.manifest import RuntimeOptions
 
 logger = logging.getLogger("supervisor.ray")
+ADMITTED = channel.message(channel.ADMITTED)
 
-ACTOR_CALL_TIMEOUT = 5.0  # a signal, kill or cleanup the actor does not answer in this long: kill the actor
+ACTOR_CALL_TIMEOUT = 5.0  # a kill or cleanup the actor does not answer in this long: kill the actor
+CHANNEL_TIMEOUT = 5.0     # at least this long to connect a worker's channel and be admitted
+EXIT_RELAY_TIMEOUT = 10.0  # Ray says the worker exited: its EXIT must come through the channel this fast
 JOIN_TIMEOUT = 120.0      # joining the cluster, the plugins folder's upload included
 PROBE_TIMEOUT = 5.0       # the head's port must answer a TCP connect this fast
 DEFAULT_NAMESPACE = "neko-supervisor"
@@ -266,7 +269,8 @@ class RayLauncher:
                     continue  # the plugin's actor died while it had no worker: a new one
                 raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
             except (ray.exceptions.RayError, OSError) as exc:
-                self.release(relay)
+                # The actor may be broken for good (its working dir gone): the next worker gets a new one.
+                self._abandon(relay, spec.tag)
                 raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
             except BaseException:
                 # Cancelled (a stop): the actor may be spawning a worker nobody will read; it goes, with it.
@@ -274,19 +278,22 @@ class RayLauncher:
                 raise
             relay.spawned = True
             worker = RayWorker(self, relay, spec.tag, info)
+            loop = asyncio.get_running_loop()
             try:
-                async with asyncio.timeout_at(deadline):
+                # Its own few seconds at least: a first placement may have used up the launch's.
+                async with asyncio.timeout_at(max(deadline, loop.time() + CHANNEL_TIMEOUT)):
                     await worker.open_channel(token)
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, channel.ChannelError) as exc:
                 worker.abort_channel()
-                self._drop(relay)  # the worker dies with its actor
+                self._abandon(relay, spec.tag)
+                why = str(exc) or ("no answer" if isinstance(exc, TimeoutError) else type(exc).__name__)
                 raise LaunchError(
-                    f"cannot reach the worker's relay at {worker.node_ip}:{worker.port} ({exc or 'no answer'}): "
-                    "the supervisor's host must be able to connect to the Ray nodes' ports"
+                    f"cannot open the worker's channel to {worker.node_ip}:{worker.port}: {why} (the supervisor's host "
+                    "must be able to connect to the Ray nodes' ports: see RayLauncher channel_ports)"
                 ) from None
             except BaseException:
                 worker.abort_channel()
-                self._drop(relay)
+                self._abandon(relay, spec.tag)
                 raise
             return worker
         raise AssertionError("unreachable")  # pragma: no cover
@@ -335,6 +342,16 @@ class RayLauncher:
         _kill_actor(relay.actor)
 
     actor_died = _drop
+
+    def _abandon(self, relay: _PluginActor, tag: str) -> None:
+        """A launch in this actor failed: the worker, if any, goes, and no new worker goes to
+        the actor (it goes once the plugin's other worker, if any, is done with it)."""
+        if relay.users > 1:
+            relay.actor.cleanup.remote(tag)  # kills the worker (it carries the tag) and what it started
+            self.retire(relay)
+            self.release(relay)
+        else:
+            self._drop(relay)
 
     async def close(self) -> None:
         for relay in list(self._actors.values()):
@@ -483,6 +500,9 @@ class RayWorker(asyncio.Protocol):
             {channel.OUT_EOF: lambda: self._close_stream("out"), channel.ERR_EOF: lambda: self._close_stream("err"),
              channel.USAGE: self._on_tree_usage, channel.EXIT: self._on_worker_exit},
         )
+        self._admitted: asyncio.Future[None] = self._loop.create_future()
+        self._held = bytearray()  # what came before the handle connected
+        self._exit_overdue: asyncio.TimerHandle | None = None
         self._exited = False
         self._ended_early: tuple[int | None, str | None] | None = None  # before the handle connected
         self._actor_lost = False
@@ -493,14 +513,20 @@ class RayWorker(asyncio.Protocol):
         self._on_usage: UsageCallback | None = None
 
     async def open_channel(self, token: bytes) -> None:
-        """Connect to the relay's port for this worker and present the token."""
+        """Connect to the relay's port for this worker, present the token, and wait until the
+        relay admits the connection (raises OSError, TimeoutError or ChannelError if not)."""
+        self._admitted = self._loop.create_future()
         await self._loop.create_connection(lambda: self, self.node_ip, self.port)
         assert self._transport is not None
+        channel.keep_alive(self._transport.get_extra_info("socket"))
         self._transport.write(token)
+        await self._admitted
 
     def abort_channel(self) -> None:
         """The launch failed after the spawn: nothing more is read or sent."""
         self._released = True  # its end is nobody's news: the launch raises instead
+        if not self._admitted.done():
+            self._admitted.cancel()
         if self._transport is not None:
             self._transport.abort()
 
@@ -508,9 +534,20 @@ class RayWorker(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
         self._transport = transport
-        transport.pause_reading()  # until the handle connects its streams
 
     def data_received(self, data: bytes) -> None:
+        if self._on_exit is None:
+            # Not connected to the handle yet: the admission, then what came with it, held.
+            self._held += data
+            if not self._admitted.done() and len(self._held) >= len(ADMITTED):
+                first, self._held = bytes(self._held[: len(ADMITTED)]), self._held[len(ADMITTED) :]
+                if first == ADMITTED:
+                    assert self._transport is not None
+                    self._transport.pause_reading()  # until the handle connects its streams
+                    self._admitted.set_result(None)
+                else:
+                    self._admitted.set_exception(channel.ChannelError(f"the relay's port answered {first!r}, not an admission"))
+            return
         try:
             self._decoder.feed(data)
         except channel.ChannelError as exc:
@@ -520,7 +557,9 @@ class RayWorker(asyncio.Protocol):
         return False  # the relay closes its side after the exit event; nothing is sent back
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if not self._exited and not self._released:
+        if not self._admitted.done():
+            self._admitted.set_exception(exc or ConnectionResetError("the relay closed the connection without admitting it"))
+        elif not self._exited and not self._released:
             # The relay's process is gone (the actor was killed, its node lost) before it
             # told the exit: the worker died with it (PR_SET_PDEATHSIG), or will.
             detail = f": {exc}" if exc else ""
@@ -530,23 +569,37 @@ class RayWorker(asyncio.Protocol):
     async def connect(
         self, stdout: asyncio.Protocol, stderr: asyncio.Protocol, on_exit: ExitCallback, on_usage: UsageCallback
     ) -> Pipe:
-        assert self._transport is not None, "open_channel() comes first (in launch)"
+        assert self._transport is not None and self._admitted.done(), "open_channel() comes first (in launch)"
         self._streams = {"out": stdout, "err": stderr}
         self._open = set(self._streams)
         self._on_exit, self._on_usage = on_exit, on_usage
         if self._ended_early is not None:
             self._end(*self._ended_early)
-        else:
-            self._watcher = self._loop.create_task(self._watch_actor(), name=f"relay-{self.pid}")
+            return _ChannelStdin(self._transport)
+        self._watcher = self._loop.create_task(self._watch_actor(), name=f"relay-{self.pid}")
+        held, self._held = bytes(self._held), bytearray()
+        if held:
+            self.data_received(held)
+        if not self._transport.is_closing():
             self._transport.resume_reading()
         return _ChannelStdin(self._transport)
 
     async def _watch_actor(self) -> None:
-        """Ray's word on the actor: a node lost to a partition closes no TCP connection."""
+        """Ray's word on the actor: a node lost to a partition closes no TCP connection (until
+        keepalive gives up). And once Ray says the worker exited, its EXIT must follow on the
+        channel soon: a channel that went silent would otherwise hold the exit back."""
         try:
             await self._actor.wait_exit.remote(self._tag)
         except ray.exceptions.RayError as exc:
             self._lost(f"the Ray actor relaying it died: {_first_line(exc)}")
+            return
+        if not self._exited:
+            self._exit_overdue = self._loop.call_later(EXIT_RELAY_TIMEOUT, self._exit_not_relayed)
+
+    def _exit_not_relayed(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+        self._end(None, f"it exited, but its exit did not come through its channel within {EXIT_RELAY_TIMEOUT:g} s")
 
     def _stream_data(self, stream: str) -> Callable[[bytes], None]:
         def received(data: bytes) -> None:
@@ -576,13 +629,16 @@ class RayWorker(asyncio.Protocol):
         for kind in self._streams:  # stdout first: its last frames before stderr's end
             self._close_stream(kind)
         self._exited = True
+        if self._exit_overdue is not None:
+            self._exit_overdue.cancel()
         self._on_exit(returncode, reason)
 
     def _lost(self, reason: str) -> None:
-        if self._actor_lost:
-            return
-        self._actor_lost = True
-        self._launcher.actor_died(self._relay)
+        """The actor is gone, or cannot be trusted (it did not answer a kill): it goes, the
+        worker with it, and the worker's end is told now."""
+        if not self._actor_lost:
+            self._actor_lost = True
+            self._launcher.actor_died(self._relay)
         if self._transport is not None:
             self._transport.abort()
         self._end(None, reason)
@@ -598,10 +654,10 @@ class RayWorker(asyncio.Protocol):
         try:
             async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
                 await self._actor.kill_tree.remote(self._tag)
-        except (TimeoutError, ray.exceptions.RayError):
-            # The actor cannot do it: end the actor, and the worker with it.
-            self._actor_lost = True
-            self._launcher.actor_died(self._relay)
+        except (TimeoutError, ray.exceptions.RayError) as exc:
+            # The actor cannot do it: the actor goes, and the worker with it.
+            why = f"did not answer a kill within {ACTOR_CALL_TIMEOUT:g} s" if isinstance(exc, TimeoutError) else f"died: {_first_line(exc)}"
+            self._lost(f"the Ray actor relaying it {why}")
 
     async def cleanup(self, known: Iterable[psutil.Process]) -> list[psutil.Process]:
         del known
@@ -620,6 +676,8 @@ class RayWorker(asyncio.Protocol):
     def close(self, reusable: bool) -> None:
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
+        if self._exit_overdue is not None:
+            self._exit_overdue.cancel()
         if self._transport is not None:
             self._transport.abort()
         if not self._released:

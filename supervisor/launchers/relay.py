@@ -34,6 +34,7 @@ import os
 import queue
 import random
 import select
+import selectors
 import signal
 import socket
 import subprocess
@@ -49,7 +50,9 @@ from supervisor.launchers import channel
 
 PIPE_DRAIN_TIMEOUT = 0.1  # after the exit, how long the last bytes may take to arrive
 STRAY_KILL_TIMEOUT = 1.0
-TOKEN_TIMEOUT = 5.0       # a connection must present its token this fast, or it is dropped
+TOKEN_TIMEOUT = 5.0       # a connection must present its whole token this fast, or it is dropped
+MAX_PENDING_ADMISSIONS = 16  # connections whose token is still awaited; a new one pushes out the oldest
+ACCEPT_RETRY = 0.1        # after a failed accept (out of fds): a pause, not synchronisation
 READ_CHUNK = 1 << 16
 STDIN_CHUNK = 1 << 18
 # What Ray sets in an actor's environment for the accelerators it reserved for it.
@@ -79,22 +82,30 @@ def listen_on(host: str, ports: tuple[int, int] | None) -> socket.socket:
         try:
             return socket.create_server((host, port), family=family, backlog=8)
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
+            if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                 raise
     raise OSError(errno.EADDRINUSE, f"no free port in {ports[0]}-{ports[1]} on {host} for a worker's channel (RayLauncher channel_ports)")
 
 
 class _RelayedWorker:
-    """One worker process and its threads: output pumps, its stdin feed, its exit, its usage."""
+    """One worker process and its threads: output pumps, its channel, its stdin, its exit, its usage.
+
+    Who closes what (a socket closed under a thread blocked on it could have its fd number
+    reused by another): the accept thread closes the listener, the channel's reader thread
+    closes the connection once cleaned up and no send is under way; everyone else only
+    shuts them down, which wakes whoever waits on them."""
 
     def __init__(self, tag: str, token: bytes, listener: socket.socket, watch_interval: float, memory_limit: int | None) -> None:
         self.tag = tag
         self._token = token
-        self._listener: socket.socket | None = listener
+        self._listener = listener
+        self._listening = True
+        self._listener_lock = threading.Lock()
+        self._wake_reader, self._wake_writer = socket.socketpair()  # wakes the accept thread to stop
         self._watch_interval = watch_interval
         self._memory_limit = memory_limit
         self._conn: socket.socket | None = None
-        self._send_lock = threading.Lock()  # one event at a time on the channel
+        self._send_lock = threading.Lock()   # one message at a time on the channel
         self._connected = threading.Event()  # the supervisor is here, or never will be (cleaned up)
         self._cleaned = threading.Event()
         self._stdin: queue.SimpleQueue[bytes | None] = queue.SimpleQueue()  # for the writer thread
@@ -102,6 +113,8 @@ class _RelayedWorker:
         self._queued = 0             # chunks handed to the writer thread and not yet written
         self._stdin_fd: int | None = None  # non-blocking: the channel's reader never blocks on it
         self._stdin_closing = False
+        self._signal_lock = threading.Lock()
+        self._reaped = False         # from then on its pid may be reused: no more signals
         self._known: dict[int, psutil.Process] = {}
         self.proc: subprocess.Popen[bytes] | None = None
         self.exited = threading.Event()
@@ -122,10 +135,11 @@ class _RelayedWorker:
         self._stdin_fd = proc.stdin.fileno()
         _thread(self._write_stdin, proc.stdin)
         _thread(self._accept)
-        pumps = [
-            _thread(self._pump, proc.stdout, channel.OUT, channel.OUT_EOF),
-            _thread(self._pump, proc.stderr, channel.ERR, channel.ERR_EOF),
-        ]
+        drained = {channel.OUT: threading.Event(), channel.ERR: threading.Event()}
+        pumps = {
+            channel.OUT: _thread(self._pump, proc.stdout, channel.OUT, channel.OUT_EOF, drained[channel.OUT]),
+            channel.ERR: _thread(self._pump, proc.stderr, channel.ERR, channel.ERR_EOF, drained[channel.ERR]),
+        }
         if self._watch_interval > 0:
             _thread(self._watch)
         started.set()
@@ -133,15 +147,21 @@ class _RelayedWorker:
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         process.signal_group(proc.pid, None, signal.SIGKILL)  # what is left in its group
+        with self._signal_lock:
+            self._reaped = True
         returncode = proc.wait()
         self.exited.set()
         with self._write_lock:
             self._stdin_fd = None
         self._close_stdin()
         self._connected.wait()  # the exit is told on the channel (or to nobody, once cleaned up)
+        # Everything the worker wrote goes before its exit: a pipe that reached its end
+        # within the drain time has all its bytes sent first (however long the sending
+        # takes); one a stray child holds open is not waited for.
         deadline = time.monotonic() + PIPE_DRAIN_TIMEOUT
-        for pump in pumps:
-            pump.join(max(0.0, deadline - time.monotonic()))
+        for kind, pump in pumps.items():
+            if drained[kind].wait(max(0.0, deadline - time.monotonic())):
+                pump.join()
         self._send(channel.message(channel.EXIT, returncode))
         with self._send_lock:
             if self._conn is not None:
@@ -150,43 +170,100 @@ class _RelayedWorker:
 
     # -- the channel -----------------------------------------------------------------
     def _accept(self) -> None:
-        """Take connections until one presents the token (each checked on a thread of its own,
-        so one that says nothing holds up no other)."""
+        """Take connections until one presents the token, then read it (this thread becomes
+        the channel's reader). Connections wait for their token side by side, each for
+        TOKEN_TIMEOUT at most, at most MAX_PENDING_ADMISSIONS at once (a new one pushes out the
+        oldest): connections that say nothing, or say it slowly, cannot keep the right one out."""
         listener = self._listener
-        assert listener is not None
-        while not self._connected.is_set():
+        pending: dict[socket.socket, tuple[float, bytearray]] = {}  # in the order they came
+        admitted: socket.socket | None = None
+        listener.setblocking(False)
+        with selectors.DefaultSelector() as selector:
+            selector.register(listener, selectors.EVENT_READ)
+            selector.register(self._wake_reader, selectors.EVENT_READ)
             try:
-                conn, _ = listener.accept()
-            except OSError:
-                return  # closed: the worker's channel is open, or it was cleaned up
-            _thread(self._admit, conn)
+                while self._listening and admitted is None:
+                    now = time.monotonic()
+                    for conn in [conn for conn, (deadline, _) in pending.items() if deadline <= now]:
+                        _forget(selector, pending, conn)
+                    wait = min((deadline for deadline, _ in pending.values()), default=now + 3600) - now
+                    for key, _ in selector.select(max(0.0, wait)):
+                        if key.fileobj is listener:
+                            self._take(listener, selector, pending)
+                        elif key.fileobj is not self._wake_reader and key.fileobj in pending:
+                            conn = key.fileobj
+                            assert isinstance(conn, socket.socket)
+                            verdict = self._read_token(conn, pending[conn][1])
+                            if verdict is True:
+                                admitted = conn
+                                del pending[conn]
+                                selector.unregister(conn)
+                                break
+                            if verdict is False:
+                                _forget(selector, pending, conn)  # a wrong token, or none before it closed
+            finally:
+                for conn in list(pending):
+                    _forget(selector, pending, conn)
+                with self._listener_lock:
+                    self._listening = False
+                    listener.close()
+                    self._wake_reader.close()
+                    self._wake_writer.close()
+        if admitted is not None and self._open_channel(admitted):
+            self._read_channel(admitted)
 
-    def _admit(self, conn: socket.socket) -> None:
+    def _take(self, listener: socket.socket, selector: selectors.BaseSelector, pending: dict[socket.socket, tuple[float, bytearray]]) -> None:
         try:
-            conn.settimeout(TOKEN_TIMEOUT)
-            presented = b""
-            while len(presented) < channel.TOKEN_SIZE and (more := conn.recv(channel.TOKEN_SIZE - len(presented))):
-                presented += more
-            conn.settimeout(None)
+            conn, _ = listener.accept()
+        except BlockingIOError:
+            return  # it went before we took it
+        except OSError:
+            if self._listening:  # out of fds, or the like: a moment for some to free up
+                self._cleaned.wait(ACCEPT_RETRY)
+            return
+        conn.setblocking(False)
+        if len(pending) >= MAX_PENDING_ADMISSIONS:
+            _forget(selector, pending, next(iter(pending)))  # the oldest
+        pending[conn] = (time.monotonic() + TOKEN_TIMEOUT, bytearray())
+        selector.register(conn, selectors.EVENT_READ)
+
+    def _read_token(self, conn: socket.socket, presented: bytearray) -> bool | None:
+        """Read what the connection sent of its token: True when it is whole and right, False
+        when wrong (or closed before it was whole), None while more is to come."""
+        try:
+            more = conn.recv(channel.TOKEN_SIZE - len(presented))  # never past the token: the rest is the channel's
+        except BlockingIOError:
+            return None
+        except OSError:
+            return False
+        if not more:
+            return False
+        presented += more
+        if len(presented) < channel.TOKEN_SIZE:
+            return None
+        return hmac.compare_digest(bytes(presented), self._token)
+
+    def _open_channel(self, conn: socket.socket) -> bool:
+        """The admitted connection becomes the channel: ADMITTED first, then the events."""
+        try:
+            conn.setblocking(True)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            channel.keep_alive(conn)
+            with self._send_lock:
+                conn.sendall(channel.message(channel.ADMITTED))  # before any event: the supervisor waits for it
+                self._conn = conn
+                self._connected.set()
         except OSError:
             conn.close()
-            return
-        with self._send_lock:
-            if not hmac.compare_digest(presented, self._token) or self._connected.is_set():
-                conn.close()
-                return
-            self._conn = conn
-            self._connected.set()
-            self._close_listener()
-        self._read_channel(conn)
+            return False
+        return True
 
-    def _close_listener(self) -> None:
-        if self._listener is not None:
-            with contextlib.suppress(OSError):
-                self._listener.shutdown(socket.SHUT_RDWR)  # wakes the accept()
-            self._listener.close()
-            self._listener = None
+    def _stop_listening(self) -> None:
+        with self._listener_lock:
+            if self._listening:
+                self._listening = False
+                with contextlib.suppress(OSError):
+                    self._wake_writer.send(b"\0")  # the accept thread wakes, and closes the listener
 
     def _read_channel(self, conn: socket.socket) -> None:
         """The supervisor's messages, in order: stdin bytes, its end, signals."""
@@ -194,14 +271,34 @@ class _RelayedWorker:
         try:
             while data := conn.recv(STDIN_CHUNK):
                 decoder.feed(data)
-        except (OSError, channel.ChannelError):
-            pass  # the connection broke: the supervisor ends this worker
+        except Exception:  # the connection broke, or is not ours: the supervisor ends this worker
+            pass
         finally:
             self._close_stdin()
-        # The events may still flow the other way; the socket is closed here, by the thread
-        # that reads it, once cleaned up (a close under a blocked recv could reuse its fd).
+        # The events may still flow the other way: the socket is closed once cleaned up,
+        # and with no send under way on it.
         self._cleaned.wait()
-        conn.close()
+        with self._send_lock:
+            conn.close()
+
+    def _drop_channel(self) -> None:
+        """No more events: shut the connection down (it wakes a blocked send or receive); the
+        reader thread closes it. Needs no lock, so a send blocked on a stalled peer cannot stop it."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def _send(self, data: bytes) -> None:
+        """One message to the supervisor, whole; dropped once nobody listens."""
+        with self._send_lock:
+            conn = self._conn
+            if conn is None:
+                return
+            try:
+                conn.sendall(data)
+            except OSError:
+                self._drop_channel()  # the supervisor went: it ends this worker (the actor with it)
 
     def _to_stdin(self, data: bytes) -> None:
         """Written at once when the pipe takes it and nothing is queued before it (no thread
@@ -232,11 +329,13 @@ class _RelayedWorker:
         # What the pipe could not take at once, in order, on a thread of its own: a worker
         # that stops reading (frozen, hung) blocks this thread only, never a signal.
         fd = stdin.fileno()
+        writable = select.poll()
+        writable.register(fd, select.POLLOUT)
         try:
             while (data := self._stdin.get()) is not None:
                 view = memoryview(data)
                 while view:
-                    select.select([], [fd], [])
+                    writable.poll()  # writable, or the worker is gone (then the write fails)
                     with contextlib.suppress(BlockingIOError):
                         view = view[os.write(fd, view):]
                 with self._write_lock:
@@ -249,24 +348,7 @@ class _RelayedWorker:
             with contextlib.suppress(OSError):
                 stdin.close()
 
-    def _send(self, data: bytes) -> None:
-        """One event to the supervisor, whole; dropped once nobody listens."""
-        with self._send_lock:
-            if self._conn is None:
-                return
-            try:
-                self._conn.sendall(data)
-            except OSError:
-                self._drop_channel()  # the supervisor went: it ends this worker (the actor with it)
-
-    def _drop_channel(self) -> None:
-        """No more events; the feed of stdin wakes and ends (it closes the socket). Under the send lock."""
-        if self._conn is not None:
-            with contextlib.suppress(OSError):
-                self._conn.shutdown(socket.SHUT_RDWR)
-            self._conn = None
-
-    def _pump(self, stream: IO[bytes], kind: int, eof: int) -> None:
+    def _pump(self, stream: IO[bytes], kind: int, eof: int, drained: threading.Event) -> None:
         fd = stream.fileno()
         try:
             while data := os.read(fd, READ_CHUNK):
@@ -275,6 +357,7 @@ class _RelayedWorker:
         except OSError:
             pass
         finally:
+            drained.set()
             stream.close()
             self._connected.wait()
             self._send(channel.message(eof))
@@ -296,11 +379,12 @@ class _RelayedWorker:
             if self._connected.is_set():
                 self._send(channel.message(channel.USAGE, usage.rss, usage.cpu_time, usage.count))
 
-    # -- called by the actor's methods ---------------------------------------------------
+    # -- called by the actor's methods, and by the channel (signals) ----------------------
     def signal(self, sig: int) -> None:
-        if self.proc is not None and not self.exited.is_set():
-            with contextlib.suppress(OSError, ValueError):  # not a signal: nothing to send
-                process.signal_group(self.proc.pid, None, sig)
+        with self._signal_lock:  # never after the reap: the pid, and its group's id, may be reused then
+            if self.proc is not None and not self._reaped:
+                with contextlib.suppress(OSError, ValueError):  # not a signal: nothing to send
+                    process.signal_group(self.proc.pid, None, sig)
 
     def kill_tree(self) -> None:
         if self.proc is None or self.exited.is_set():
@@ -315,15 +399,20 @@ class _RelayedWorker:
 
     def cleanup(self) -> int:
         """After the exit: kill what is left of the tree (strays that left the group); how many.
-        The channel closes: whoever still waits for the supervisor stops waiting."""
+        The channel goes: whoever still waits for the supervisor stops waiting."""
         strays = containment.kill_descendants(None, list(self._known.values())) + process.kill_tagged(self.tag)
         psutil.wait_procs(strays, timeout=STRAY_KILL_TIMEOUT)
-        with self._send_lock:
-            self._close_listener()
-            self._drop_channel()
-            self._connected.set()
+        self._stop_listening()
+        self._drop_channel()
+        self._connected.set()
         self._cleaned.set()
         return len(strays)
+
+
+def _forget(selector: selectors.BaseSelector, pending: dict[socket.socket, tuple[float, bytearray]], conn: socket.socket) -> None:
+    selector.unregister(conn)
+    del pending[conn]
+    conn.close()
 
 
 def _thread(target: Any, *args: Any) -> threading.Thread:
@@ -347,7 +436,10 @@ class WorkerRelay:
     def spawn(self, worker_args: list[str], env_allow: list[str], tag: str, token: bytes) -> dict[str, Any]:
         """Start a worker in its plugin's folder on this node, its channel listening for the
         connection that presents `token`. Returns where it runs and the channel's port."""
-        folder = Path.cwd() / self._folder_name  # the job's working dir is the plugins folder
+        try:
+            folder = Path.cwd() / self._folder_name  # the job's working dir is the plugins folder
+        except FileNotFoundError:
+            raise FileNotFoundError("this actor's working dir (the plugins folder Ray unpacked on its node) was deleted") from None
         if not (folder / "plugin.toml").is_file():
             raise FileNotFoundError(f"{folder}/plugin.toml is not on this node (was the plugin folder added after the supervisor joined the cluster?)")
         if len(token) != channel.TOKEN_SIZE:

@@ -25,7 +25,7 @@ from protocol import MessageDecoder
 from supervisor import CallTimeout, PluginUnavailable, Supervisor, WorkerCrashed, process
 from supervisor.launchers import LaunchError, channel
 from supervisor.launchers.ray import RayLauncher
-from supervisor.launchers.relay import WorkerRelay
+from supervisor.launchers.relay import MAX_PENDING_ADMISSIONS, WorkerRelay
 from tests.conftest import FAULT_PLUGINS, PLUGINS, copy_plugins, pid_alive
 from tests.faults.helpers import running_worker, set_runtime, wait_for
 from tests.integration.helpers import text_of
@@ -149,6 +149,30 @@ async def test_killing_the_actors_process_is_a_crash_and_recovers(sup: Superviso
     # The old worker died with its actor (PR_SET_PDEATHSIG).
     await asyncio.to_thread(psutil.wait_procs, [psutil.Process(pid)] if pid_alive(pid) else [], 10)
     assert not pid_alive(pid)
+
+
+async def test_a_call_that_times_out_while_its_relay_is_frozen_is_killed_through_ray(sup: Supervisor) -> None:
+    """The actor's process and the worker stop answering (SIGSTOP) but Ray sees nothing wrong:
+    the call's deadline is a CallTimeout as locally, the kill the actor cannot answer ends the
+    actor, and the plugin restarts."""
+    pid = sup.status("echo").pid
+    assert pid is not None
+    frozen = [actor_process_of(pid), psutil.Process(pid)]
+    call = asyncio.ensure_future(sup.call("echo", "asleep", {"seconds": 30}, timeout=1))
+    await wait_for(lambda: sup.status("echo").in_flight == 1)
+    for proc in frozen:
+        proc.suspend()
+    try:
+        with pytest.raises(CallTimeout):
+            await call
+        new_pid = await running_worker(sup, "echo", pid, timeout=60)
+        assert new_pid != pid and await sup.call("echo", "echo", {"value": "after"}) == "after"
+    finally:
+        for proc in frozen:
+            with contextlib.suppress(psutil.Error):
+                proc.resume()
+    await asyncio.to_thread(psutil.wait_procs, [proc for proc in frozen if proc.is_running()], 10)
+    assert not any(pid_alive(proc.pid) for proc in frozen)
 
 
 async def test_a_memory_limit_is_enforced_on_the_node(fault_plugins: Path, ray_cluster: Cluster, tmp_path: Path) -> None:
@@ -424,7 +448,10 @@ async def read_events(reader: asyncio.StreamReader, until: int) -> list[tuple[An
     messages = MessageDecoder(1 << 20)
     decoder = channel.Decoder(
         {channel.OUT: lambda data: seen.extend((channel.OUT, type(m).__name__) for m in messages.feed(data)), channel.ERR: lambda data: None},
-        {kind: (lambda *values, kind=kind: seen.append((kind, *values))) for kind in (channel.OUT_EOF, channel.ERR_EOF, channel.USAGE, channel.EXIT)},
+        {
+            kind: (lambda *values, kind=kind: seen.append((kind, *values)))
+            for kind in (channel.ADMITTED, channel.OUT_EOF, channel.ERR_EOF, channel.USAGE, channel.EXIT)
+        },
     )
     async with asyncio.timeout(30):
         while not any(event[0] == until for event in seen):
@@ -436,29 +463,39 @@ async def read_events(reader: asyncio.StreamReader, until: int) -> list[tuple[An
 
 async def test_a_workers_channel_opens_only_to_the_token_its_relay_was_given(sup: Supervisor) -> None:
     """The relay's port (on its node's address) takes the one connection that starts with the
-    token given through Ray; silent or wrong ones are dropped and hold up nobody; then it stops listening."""
+    token given through Ray and says so (ADMITTED); silent or wrong ones are dropped and hold up
+    nobody; then it stops listening."""
     relay = ray.remote(WorkerRelay).options(num_cpus=0, max_concurrency=8).remote("echo", 0, None)
     token, tag = secrets.token_bytes(channel.TOKEN_SIZE), f"channel-test-{secrets.token_hex(4)}"
     info = await relay.spawn.remote(process.worker_args(1 << 20), [], tag, token)
     address = (info["node_ip"], info["port"])
+    opened: list[asyncio.StreamWriter] = []
     try:
-        _, silent = await asyncio.open_connection(*address)  # says nothing: waits its turn alone
+        # More connections that say nothing than may wait at once: the oldest are pushed out,
+        # and none of them keeps the right one out.
+        silent = [await asyncio.open_connection(*address) for _ in range(MAX_PENDING_ADMISSIONS + 4)]
+        opened += [writer for _, writer in silent]
+        async with asyncio.timeout(10):
+            assert [await reader.read() for reader, _ in silent[:4]] == [b""] * 4
         wrong_reader, wrong = await asyncio.open_connection(*address)
+        opened.append(wrong)
         wrong.write(bytes(channel.TOKEN_SIZE))
         async with asyncio.timeout(10):
             assert await wrong_reader.read() == b""  # dropped, nothing sent to it
         reader, writer = await asyncio.open_connection(*address)
+        opened.append(writer)
         writer.write(token)
-        assert (channel.OUT, "Hello") in await read_events(reader, until=channel.OUT)  # the worker's first frame
+        events = await read_events(reader, until=channel.OUT)
+        assert events[0] == (channel.ADMITTED,) and (channel.OUT, "Hello") in events  # admitted, then the worker's first frame
         with pytest.raises(ConnectionRefusedError):  # no longer listening
             await asyncio.open_connection(*address)
         writer.write(channel.message(channel.IN_EOF))  # its stdin closes: the worker ends
         events = await read_events(reader, until=channel.EXIT)
         assert events[-1][0] == channel.EXIT and isinstance(events[-1][1], int)
         assert (channel.OUT_EOF,) in events
-        for stream in (silent, wrong, writer):
-            stream.close()
     finally:
+        for stream in opened:
+            stream.close()
         await relay.cleanup.remote(tag)
         ray.kill(relay)
     assert not pid_alive(info["pid"])
