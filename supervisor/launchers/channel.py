@@ -43,9 +43,9 @@ BODIES = {
     OUT_EOF: struct.Struct(""), ERR_EOF: struct.Struct(""), USAGE: struct.Struct("!QdI"), EXIT: struct.Struct("!i"),
     ADMITTED: struct.Struct(""),
 }
-# Dead peers (a lost node, a NAT that forgot the connection) are found by the kernel: a
-# probe after 10 s of silence, given up after 3 unanswered 5 s apart; data unacknowledged
-# for 30 s fails the connection.
+# Dead peers (a lost node, a NAT that forgot the connection) are found by the kernel: probes
+# after 10 s of silence, 5 s apart, and the connection fails once 30 s pass unanswered
+# (TCP_USER_TIMEOUT: on Linux it bounds the probes too, and unacknowledged data).
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, USER_TIMEOUT_MS = 10, 5, 3, 30_000
 
 

@@ -72,7 +72,7 @@ ADMITTED = channel.message(channel.ADMITTED)
 
 ACTOR_CALL_TIMEOUT = 5.0  # a kill or cleanup the actor does not answer in this long: kill the actor
 CHANNEL_TIMEOUT = 5.0     # at least this long to connect a worker's channel and be admitted
-EXIT_RELAY_TIMEOUT = 10.0  # Ray says the worker exited: its EXIT must come through the channel this fast
+EXIT_RELAY_TIMEOUT = 10.0  # Ray says the worker exited: its channel may not stay silent this long before EXIT
 JOIN_TIMEOUT = 120.0      # joining the cluster, the plugins folder's upload included
 PROBE_TIMEOUT = 5.0       # the head's port must answer a TCP connect this fast
 DEFAULT_NAMESPACE = "neko-supervisor"
@@ -245,6 +245,8 @@ class RayLauncher:
         await self.connect(spec.folder.parent)  # bounded by JOIN_TIMEOUT, not by the plugin's own timeout
         deadline = asyncio.get_running_loop().time() + timeout
         for attempt in (1, 2):
+            if not self.connected:  # closed while this launch waited
+                raise LaunchError("the Ray launcher is closed", permanent=True)
             try:
                 relay = self._relay_for(spec)
             except Exception as exc:  # Ray refused the options (a label it cannot parse, a fractional GPU over 1...)
@@ -255,7 +257,7 @@ class RayLauncher:
                 async with asyncio.timeout_at(deadline):
                     info = await relay.actor.spawn.remote(list(spec.worker_args), sorted(spec.env_allow), spec.tag, token)
             except TimeoutError:
-                self._drop(relay)
+                self._abandon(relay, spec.tag)
                 raise LaunchError(
                     f"no Ray node started the worker within {timeout:g} s (plugin_runtime.timeout): it asks for "
                     f"{describe_needs(runtime)}; the cluster has {_available()} free"
@@ -273,8 +275,8 @@ class RayLauncher:
                 self._abandon(relay, spec.tag)
                 raise LaunchError(f"the Ray actor could not spawn the worker: {_first_line(exc)}") from exc
             except BaseException:
-                # Cancelled (a stop): the actor may be spawning a worker nobody will read; it goes, with it.
-                self._drop(relay)
+                # Cancelled (a stop): the actor may be spawning a worker nobody will read; it goes.
+                self._abandon(relay, spec.tag)
                 raise
             relay.spawned = True
             worker = RayWorker(self, relay, spec.tag, info)
@@ -343,10 +345,16 @@ class RayLauncher:
 
     actor_died = _drop
 
+    @property
+    def connected(self) -> bool:
+        """Joined and not closed. Every Ray call checks it first: after ray.shutdown(), a Ray
+        call would start a new local Ray instance inside the host (Ray's auto-init)."""
+        return self._connected_here and ray.is_initialized()
+
     def _abandon(self, relay: _PluginActor, tag: str) -> None:
         """A launch in this actor failed: the worker, if any, goes, and no new worker goes to
         the actor (it goes once the plugin's other worker, if any, is done with it)."""
-        if relay.users > 1:
+        if relay.users > 1 and self.connected:
             relay.actor.cleanup.remote(tag)  # kills the worker (it carries the tag) and what it started
             self.retire(relay)
             self.release(relay)
@@ -382,8 +390,9 @@ def _stray_killer() -> Any:
 
 
 def _kill_actor(actor: Any) -> None:
-    with contextlib.suppress(Exception):
-        ray.kill(actor, no_restart=True)
+    if ray.is_initialized():  # after ray.shutdown() the actor went with the job
+        with contextlib.suppress(Exception):
+            ray.kill(actor, no_restart=True)
 
 
 class _DropRecord(logging.Filter):
@@ -548,6 +557,9 @@ class RayWorker(asyncio.Protocol):
                 else:
                     self._admitted.set_exception(channel.ChannelError(f"the relay's port answered {first!r}, not an admission"))
             return
+        if self._exit_overdue is not None:  # the exit is known: the channel may not fall silent for long
+            self._exit_overdue.cancel()
+            self._exit_overdue = self._loop.call_later(EXIT_RELAY_TIMEOUT, self._exit_not_relayed)
         try:
             self._decoder.feed(data)
         except channel.ChannelError as exc:
@@ -559,6 +571,8 @@ class RayWorker(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self._admitted.done():
             self._admitted.set_exception(exc or ConnectionResetError("the relay closed the connection without admitting it"))
+        elif self._admitted.cancelled() or self._admitted.exception() is not None:
+            pass  # never admitted: the launch reports it (and decides about the actor)
         elif not self._exited and not self._released:
             # The relay's process is gone (the actor was killed, its node lost) before it
             # told the exit: the worker died with it (PR_SET_PDEATHSIG), or will.
@@ -573,21 +587,31 @@ class RayWorker(asyncio.Protocol):
         self._streams = {"out": stdout, "err": stderr}
         self._open = set(self._streams)
         self._on_exit, self._on_usage = on_exit, on_usage
-        if self._ended_early is not None:
-            self._end(*self._ended_early)
-            return _ChannelStdin(self._transport)
-        self._watcher = self._loop.create_task(self._watch_actor(), name=f"relay-{self.pid}")
+        if self._ended_early is None:
+            self._watcher = self._loop.create_task(self._watch_actor(), name=f"relay-{self.pid}")
+        # Not from inside connect(): the handle has no stdin to answer with until it returns
+        # (as locally, where the pipes' first bytes come on a later loop turn).
+        self._loop.call_soon(self._start_reading)
+        return _ChannelStdin(self._transport)
+
+    def _start_reading(self) -> None:
+        """What came with the admission first, then the rest as it arrives."""
+        if self._released:
+            return
         held, self._held = bytes(self._held), bytearray()
         if held:
             self.data_received(held)
-        if not self._transport.is_closing():
+        if self._ended_early is not None:
+            self._end(*self._ended_early)
+        elif not self._exited and self._transport is not None and not self._transport.is_closing():
             self._transport.resume_reading()
-        return _ChannelStdin(self._transport)
 
     async def _watch_actor(self) -> None:
         """Ray's word on the actor: a node lost to a partition closes no TCP connection (until
         keepalive gives up). And once Ray says the worker exited, its EXIT must follow on the
         channel soon: a channel that went silent would otherwise hold the exit back."""
+        if not self._launcher.connected:
+            return
         try:
             await self._actor.wait_exit.remote(self._tag)
         except ray.exceptions.RayError as exc:
@@ -599,7 +623,7 @@ class RayWorker(asyncio.Protocol):
     def _exit_not_relayed(self) -> None:
         if self._transport is not None:
             self._transport.abort()
-        self._end(None, f"it exited, but its exit did not come through its channel within {EXIT_RELAY_TIMEOUT:g} s")
+        self._end(None, f"it exited, but its channel fell silent for {EXIT_RELAY_TIMEOUT:g} s before telling how")
 
     def _stream_data(self, stream: str) -> Callable[[bytes], None]:
         def received(data: bytes) -> None:
@@ -651,6 +675,9 @@ class RayWorker(asyncio.Protocol):
 
     async def kill_tree(self, known: Iterable[psutil.Process]) -> None:
         del known  # the relay keeps its own look at the tree
+        if not self._launcher.connected:
+            self._lost("the Ray launcher was closed")  # its actors went with its job
+            return
         try:
             async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
                 await self._actor.kill_tree.remote(self._tag)
@@ -661,6 +688,8 @@ class RayWorker(asyncio.Protocol):
 
     async def cleanup(self, known: Iterable[psutil.Process]) -> list[psutil.Process]:
         del known
+        if not self._launcher.connected:
+            return []  # its actors, and their workers, went with the launcher's job
         with contextlib.suppress(TimeoutError, ray.exceptions.RayError):
             async with asyncio.timeout(ACTOR_CALL_TIMEOUT):
                 if not self._actor_lost:

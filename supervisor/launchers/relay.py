@@ -52,6 +52,7 @@ PIPE_DRAIN_TIMEOUT = 0.1  # after the exit, how long the last bytes may take to 
 STRAY_KILL_TIMEOUT = 1.0
 TOKEN_TIMEOUT = 5.0       # a connection must present its whole token this fast, or it is dropped
 MAX_PENDING_ADMISSIONS = 16  # connections whose token is still awaited; a new one pushes out the oldest
+LISTEN_BACKLOG = 128
 ACCEPT_RETRY = 0.1        # after a failed accept (out of fds): a pause, not synchronisation
 READ_CHUNK = 1 << 16
 STDIN_CHUNK = 1 << 18
@@ -75,12 +76,12 @@ def listen_on(host: str, ports: tuple[int, int] | None) -> socket.socket:
     of `ports` (first, last), tried in a random order, or any free port."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if ports is None:
-        return socket.create_server((host, 0), family=family, backlog=8)
+        return socket.create_server((host, 0), family=family, backlog=LISTEN_BACKLOG)
     candidates = list(range(ports[0], ports[1] + 1))
     random.shuffle(candidates)  # relays starting together rarely try the same port twice
     for port in candidates:
         try:
-            return socket.create_server((host, port), family=family, backlog=8)
+            return socket.create_server((host, port), family=family, backlog=LISTEN_BACKLOG)
         except OSError as exc:
             if exc.errno not in (errno.EADDRINUSE, errno.EACCES):
                 raise
@@ -117,7 +118,11 @@ class _RelayedWorker:
         self._reaped = False         # from then on its pid may be reused: no more signals
         self._known: dict[int, psutil.Process] = {}
         self.proc: subprocess.Popen[bytes] | None = None
+        self._process: psutil.Process | None = None  # the same, bound before any reap (psutil checks its identity)
         self.exited = threading.Event()
+        self._channel_lock = threading.Lock()  # admission against cleanup; never held during a send
+        self._closing = False        # cleaned up: no connection is admitted any more
+        self._accepting = False      # the accept thread runs (and owns the listener)
 
     # -- the process's own thread ------------------------------------------------------
     def run(self, command: list[str], folder: Path, env: dict[str, str], started: threading.Event, failed: list[BaseException]) -> None:
@@ -131,17 +136,26 @@ class _RelayedWorker:
             return
         proc = self.proc
         assert proc.stdin and proc.stdout and proc.stderr
-        os.set_blocking(proc.stdin.fileno(), False)
-        self._stdin_fd = proc.stdin.fileno()
-        _thread(self._write_stdin, proc.stdin)
-        _thread(self._accept)
         drained = {channel.OUT: threading.Event(), channel.ERR: threading.Event()}
-        pumps = {
-            channel.OUT: _thread(self._pump, proc.stdout, channel.OUT, channel.OUT_EOF, drained[channel.OUT]),
-            channel.ERR: _thread(self._pump, proc.stderr, channel.ERR, channel.ERR_EOF, drained[channel.ERR]),
-        }
-        if self._watch_interval > 0:
-            _thread(self._watch)
+        try:
+            self._process = psutil.Process(proc.pid)  # now, while it cannot have been reaped
+            os.set_blocking(proc.stdin.fileno(), False)
+            self._stdin_fd = proc.stdin.fileno()
+            _thread(self._write_stdin, proc.stdin)
+            _thread(self._accept)
+            self._accepting = True
+            pumps = {
+                channel.OUT: _thread(self._pump, proc.stdout, channel.OUT, channel.OUT_EOF, drained[channel.OUT]),
+                channel.ERR: _thread(self._pump, proc.stderr, channel.ERR, channel.ERR_EOF, drained[channel.ERR]),
+            }
+            if self._watch_interval > 0:
+                _thread(self._watch)
+        except BaseException as exc:  # no thread to be had, or the like: no worker either
+            process.signal_group(proc.pid, None, signal.SIGKILL)
+            proc.wait()
+            failed.append(exc)
+            started.set()
+            return
         started.set()
         # Seen exited, not reaped: the group id is still ours until then.
         with contextlib.suppress(ChildProcessError, OSError):
@@ -213,19 +227,21 @@ class _RelayedWorker:
             self._read_channel(admitted)
 
     def _take(self, listener: socket.socket, selector: selectors.BaseSelector, pending: dict[socket.socket, tuple[float, bytearray]]) -> None:
-        try:
-            conn, _ = listener.accept()
-        except BlockingIOError:
-            return  # it went before we took it
-        except OSError:
-            if self._listening:  # out of fds, or the like: a moment for some to free up
-                self._cleaned.wait(ACCEPT_RETRY)
-            return
-        conn.setblocking(False)
-        if len(pending) >= MAX_PENDING_ADMISSIONS:
-            _forget(selector, pending, next(iter(pending)))  # the oldest
-        pending[conn] = (time.monotonic() + TOKEN_TIMEOUT, bytearray())
-        selector.register(conn, selectors.EVENT_READ)
+        """Every connection waiting in the backlog (one per wake-up would let a flood fill it)."""
+        for _ in range(LISTEN_BACKLOG):
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                return  # none left
+            except OSError:
+                if self._listening:  # out of fds, or the like: a moment for some to free up
+                    self._cleaned.wait(ACCEPT_RETRY)
+                return
+            conn.setblocking(False)
+            if len(pending) >= MAX_PENDING_ADMISSIONS:
+                _forget(selector, pending, next(iter(pending)))  # the oldest
+            pending[conn] = (time.monotonic() + TOKEN_TIMEOUT, bytearray())
+            selector.register(conn, selectors.EVENT_READ)
 
     def _read_token(self, conn: socket.socket, presented: bytearray) -> bool | None:
         """Read what the connection sent of its token: True when it is whole and right, False
@@ -251,8 +267,11 @@ class _RelayedWorker:
             channel.keep_alive(conn)
             with self._send_lock:
                 conn.sendall(channel.message(channel.ADMITTED))  # before any event: the supervisor waits for it
-                self._conn = conn
-                self._connected.set()
+                with self._channel_lock:
+                    if self._closing:
+                        raise ConnectionAbortedError("cleaned up while it was admitted")
+                    self._conn = conn
+                    self._connected.set()
         except OSError:
             conn.close()
             return False
@@ -284,7 +303,8 @@ class _RelayedWorker:
     def _drop_channel(self) -> None:
         """No more events: shut the connection down (it wakes a blocked send or receive); the
         reader thread closes it. Needs no lock, so a send blocked on a stalled peer cannot stop it."""
-        conn, self._conn = self._conn, None
+        with self._channel_lock:
+            conn, self._conn = self._conn, None
         if conn is not None:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
@@ -391,7 +411,8 @@ class _RelayedWorker:
             return
         self.signal(signal.SIGSTOP)  # nothing below it can slip out while we look
         try:
-            containment.kill_descendants(psutil.Process(self.proc.pid), list(self._known.values()))
+            assert self._process is not None
+            containment.kill_descendants(self._process, list(self._known.values()))
         except psutil.Error:
             pass
         finally:
@@ -402,11 +423,21 @@ class _RelayedWorker:
         The channel goes: whoever still waits for the supervisor stops waiting."""
         strays = containment.kill_descendants(None, list(self._known.values())) + process.kill_tagged(self.tag)
         psutil.wait_procs(strays, timeout=STRAY_KILL_TIMEOUT)
+        with self._channel_lock:
+            self._closing = True
         self._stop_listening()
         self._drop_channel()
         self._connected.set()
         self._cleaned.set()
         return len(strays)
+
+    def discard(self) -> None:
+        """Its spawn failed: its sockets go (closed by the accept thread if it started)."""
+        if self._accepting:
+            self._stop_listening()
+        else:
+            for sock in (self._listener, self._wake_reader, self._wake_writer):
+                sock.close()
 
 
 def _forget(selector: selectors.BaseSelector, pending: dict[socket.socket, tuple[float, bytearray]], conn: socket.socket) -> None:
@@ -431,6 +462,7 @@ class WorkerRelay:
         self._channel_ports = channel_ports
         self._node_address: tuple[str, str] | None = None
         self._workers: dict[str, _RelayedWorker] = {}
+        self._abandoned: set[str] = set()  # tags cleaned up before their spawn was done
         self._lock = threading.Lock()
 
     def spawn(self, worker_args: list[str], env_allow: list[str], tag: str, token: bytes) -> dict[str, Any]:
@@ -450,18 +482,29 @@ class WorkerRelay:
         env.update({name: os.environ[name] for name in ACCELERATOR_VARIABLES if name in os.environ})
         env[process.TAG_VARIABLE] = tag
         node_id, node_ip = self._node()
+        command = process.command_for(folder, os.getpid(), worker_args)
         listener = listen_on(node_ip, self._channel_ports)
         worker = _RelayedWorker(tag, token, listener, self._watch_interval, self._memory_limit)
         started, failed = threading.Event(), list[BaseException]()
-        command = process.command_for(folder, os.getpid(), worker_args)
-        _thread(worker.run, command, folder, env, started, failed)
+        try:
+            _thread(worker.run, command, folder, env, started, failed)
+        except BaseException:
+            worker.discard()
+            raise
         started.wait()
         if failed:
-            listener.close()
+            worker.discard()
             raise failed[0]
         assert worker.proc is not None
         with self._lock:
-            self._workers[tag] = worker
+            abandoned = tag in self._abandoned  # the supervisor gave up on this launch while it ran
+            self._abandoned.discard(tag)
+            if not abandoned:
+                self._workers[tag] = worker
+        if abandoned:
+            worker.kill_tree()
+            worker.cleanup()
+            raise RuntimeError(f"the launch of worker {tag} was abandoned while it ran")
         return {"pid": worker.proc.pid, "node_id": node_id, "node_ip": node_ip, "port": listener.getsockname()[1]}
 
     def _node(self) -> tuple[str, str]:
@@ -494,6 +537,10 @@ class WorkerRelay:
             worker.kill_tree()
 
     def cleanup(self, tag: str) -> int:
+        """The worker's end, after its exit; for a launch the supervisor gave up on, a spawn
+        still under way kills what it started."""
         with self._lock:
             worker = self._workers.pop(tag, None)
+            if worker is None:
+                self._abandoned.add(tag)
         return worker.cleanup() if worker is not None else 0

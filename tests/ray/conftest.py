@@ -8,6 +8,7 @@ costs a few seconds to start and Ray is an optional extra.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import secrets
@@ -34,7 +35,9 @@ os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
 ray = pytest.importorskip("ray", reason="the Ray launcher's tests need the extra: pip install -e '.[test,ray]'")
 
 CLUSTER_START_TIMEOUT = 60.0
-FAST_HEALTH_CHECKS = {"health_check_period_ms": 300, "health_check_timeout_ms": 300, "health_check_failure_threshold": 3}
+# A lost node is noticed in a few seconds, not Ray's default half minute. Not faster: a node
+# starting on a busy 2-CPU machine (CI) may miss a few checks of 300 ms.
+FAST_HEALTH_CHECKS = {"health_check_period_ms": 500, "health_check_timeout_ms": 1000, "health_check_failure_threshold": 5}
 RAY = Path(sys.executable).parent / "ray"
 
 
@@ -63,9 +66,19 @@ def _wait_for(log: Path, text: str, proc: subprocess.Popen[bytes], timeout: floa
     raise RuntimeError(f"the Ray node did not start: {log.read_text(errors='replace')[-3000:]}")
 
 
+_nodes_started = itertools.count()
+
+
 def start_node(env: dict[str, str], temp_dir: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
-    """`ray start --block` in its own process group; returns once the node is up."""
+    """`ray start --block` in its own process group; returns once the node is up.
+
+    Each node has a temp dir of its own. Sharing one (Ray's default on one machine), a node
+    started just after another was killed had the new actors placed on it die at birth
+    (in about one run of three), and once an actor found its working dir, the plugins
+    folder Ray unpacks, deleted; with a dir each, neither was seen again in 5 + 2 runs."""
     log = temp_dir / f"{name}.log"
+    if "--temp-dir" not in args:
+        args = (*args, "--temp-dir", str(temp_dir / f"n{next(_nodes_started)}"))  # short: Ray's socket paths
     with log.open("wb") as output:
         proc = subprocess.Popen(
             [str(RAY), "start", "--block", "--disable-usage-stats", "--node-ip-address", "127.0.0.1", *args],
@@ -106,7 +119,6 @@ def ray_cluster() -> Iterator[Cluster]:
         # One GPU declared (no hardware needed): Ray then sets CUDA_VISIBLE_DEVICES for an actor that asks for it.
         env, temp_dir, "head", "--head", "--port", str(port), "--num-cpus", "4", "--num-gpus", "1", "--include-dashboard=false",
         "--temp-dir", str(temp_dir), "--labels", "zone=head",
-        # A lost node is noticed in about a second, not Ray's default half minute.
         "--system-config", json.dumps(FAST_HEALTH_CHECKS),
     )
     try:
