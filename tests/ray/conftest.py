@@ -72,10 +72,9 @@ _nodes_started = itertools.count()
 def start_node(env: dict[str, str], temp_dir: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
     """`ray start --block` in its own process group; returns once the node is up.
 
-    Each node has a temp dir of its own. Sharing one (Ray's default on one machine), a node
-    started just after another was killed had the new actors placed on it die at birth
-    (in about one run of three), and once an actor found its working dir, the plugins
-    folder Ray unpacks, deleted; with a dir each, neither was seen again in 5 + 2 runs."""
+    Each node has a temp dir of its own, as nodes on separate machines would: sharing one
+    (Ray's default on one machine), an actor once found its working dir, the plugins folder
+    Ray unpacks under it, deleted while another node of the machine came and went."""
     log = temp_dir / f"{name}.log"
     if "--temp-dir" not in args:
         args = (*args, "--temp-dir", str(temp_dir / f"n{next(_nodes_started)}"))  # short: Ray's socket paths
