@@ -243,7 +243,8 @@ class RayLauncher:
     async def launch(self, spec: LaunchSpec, timeout: float) -> RayWorker:
         runtime = spec.manifest.runtime
         await self.connect(spec.folder.parent)  # bounded by JOIN_TIMEOUT, not by the plugin's own timeout
-        deadline = asyncio.get_running_loop().time() + timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
         for attempt in (1, 2):
             if not self.connected:  # closed while this launch waited
                 raise LaunchError("the Ray launcher is closed", permanent=True)
@@ -280,7 +281,6 @@ class RayLauncher:
                 raise
             relay.spawned = True
             worker = RayWorker(self, relay, spec.tag, info)
-            loop = asyncio.get_running_loop()
             try:
                 # Its own few seconds at least: a first placement may have used up the launch's.
                 async with asyncio.timeout_at(max(deadline, loop.time() + CHANNEL_TIMEOUT)):
@@ -316,7 +316,7 @@ class RayLauncher:
             **options,
             max_restarts=0,       # the supervisor restarts workers, under its own policy
             max_task_retries=0,   # and never runs a call twice
-            max_concurrency=64,   # a threaded actor: read() waits while write() and the signals go on
+            max_concurrency=64,   # a threaded actor: wait_exit() waits while spawn, kill_tree and cleanup go on
         ).remote(spec.folder.name, self.watch_interval, memory_limit, self.channel_ports)
         relay = _PluginActor(spec.manifest.id, actor, key)
         self._actors[spec.manifest.id] = relay
@@ -524,7 +524,6 @@ class RayWorker(asyncio.Protocol):
     async def open_channel(self, token: bytes) -> None:
         """Connect to the relay's port for this worker, present the token, and wait until the
         relay admits the connection (raises OSError, TimeoutError or ChannelError if not)."""
-        self._admitted = self._loop.create_future()
         await self._loop.create_connection(lambda: self, self.node_ip, self.port)
         assert self._transport is not None
         channel.keep_alive(self._transport.get_extra_info("socket"))

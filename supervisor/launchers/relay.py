@@ -302,7 +302,7 @@ class _RelayedWorker:
 
     def _drop_channel(self) -> None:
         """No more events: shut the connection down (it wakes a blocked send or receive); the
-        reader thread closes it. Needs no lock, so a send blocked on a stalled peer cannot stop it."""
+        reader thread closes it. Not under the send lock: a send blocked on a stalled peer cannot stop it."""
         with self._channel_lock:
             conn, self._conn = self._conn, None
         if conn is not None:
@@ -383,11 +383,8 @@ class _RelayedWorker:
             self._send(channel.message(eof))
 
     def _watch(self) -> None:
-        assert self.proc is not None
-        try:
-            target = psutil.Process(self.proc.pid)
-        except psutil.Error:
-            return
+        target = self._process
+        assert target is not None
         while not self.exited.wait(self._watch_interval):  # a sampling period, not synchronisation
             try:
                 usage = containment.measure(target, containment.parent_map(), self._known, self._memory_limit)
